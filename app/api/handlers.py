@@ -1,0 +1,75 @@
+"""Exception handlers: every error leaves as one JSON shape with a `detail` string."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException
+
+from app.api.responses import JSONBytes
+from app.errors import INTERNAL_ERROR_DETAIL, RerankError, error_response_parts
+
+log = logging.getLogger(__name__)
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    return ".".join(parts) or "body"
+
+
+def describe_validation_errors(errors: list[dict[str, Any]]) -> str:
+    """One sentence per problem, naming where it is: 'documents.2: Input should be ...'."""
+    return "; ".join(f"{_location(tuple(e.get('loc', ())))}: {e.get('msg', '')}" for e in errors)
+
+
+async def on_rerank_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RerankError)
+    status, headers, body = error_response_parts(exc)
+    request.app.state.runtime.metrics.failures.labels(reason=exc.reason).inc()
+    return JSONBytes(body, status_code=status, headers=headers)
+
+
+async def on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    metrics = request.app.state.runtime.metrics
+    json_error = next((e for e in errors if e.get("type") == "json_invalid"), None)
+    if json_error is not None:
+        metrics.failures.labels(reason="invalid_json").inc()
+        reason = (json_error.get("ctx") or {}).get("error", "")
+        return JSONBytes(
+            {"detail": f"request body is not valid JSON ({reason}); send a JSON object"},
+            status_code=400,
+        )
+    metrics.failures.labels(reason="invalid_request").inc()
+    compact = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in errors
+    ]
+    return JSONBytes(
+        {"detail": describe_validation_errors(errors), "errors": compact}, status_code=422
+    )
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONBytes(
+        {"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def on_unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    request.app.state.runtime.metrics.failures.labels(reason="internal").inc()
+    return JSONBytes({"detail": INTERNAL_ERROR_DETAIL}, status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RerankError, on_rerank_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected_error)

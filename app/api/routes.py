@@ -1,0 +1,136 @@
+"""HTTP routes: rerank (Jina dialect), models, health, readiness, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from app.api.auth import require_api_key
+from app.api.responses import JSONBytes
+from app.api.schemas import ErrorBody, ModelCard, ModelList, RerankRequest, RerankResponse
+from app.errors import ModelNotServed, RequestTooLarge
+from app.metrics import CONTENT_TYPE
+from app.runtime import Runtime
+from app.service import RerankOutcome
+
+CLIENT_CLOSED_REQUEST = 499
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 404, 413, 422, 429, 500, 503)
+}
+
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_ERRORS)
+ops = APIRouter()
+
+
+def runtime_of(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+@v1.post("/rerank", response_model=RerankResponse, summary="Rerank documents (Jina dialect)")
+async def rerank(body: RerankRequest, request: Request) -> Response:
+    runtime = runtime_of(request)
+    settings = runtime.settings
+    if body.model is not None and body.model not in settings.accepted_model_names:
+        raise ModelNotServed(
+            f"model {body.model!r} is not served here; use {settings.served_name!r} or omit"
+            " 'model'"
+        )
+    if len(body.documents) > settings.max_documents:
+        raise RequestTooLarge(
+            f"{len(body.documents)} documents sent; the limit is {settings.max_documents}"
+            " per request (max_documents)"
+        )
+    service = runtime.service
+    runtime.metrics.in_flight.inc()
+    try:
+        outcome = await _unless_disconnected(
+            service.rerank(body.query, body.texts(), body.top_n), request
+        )
+    finally:
+        runtime.metrics.in_flight.dec()
+    if outcome is None:
+        runtime.metrics.failures.labels(reason="client_disconnected").inc()
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+    results = []
+    for ranked in outcome.results:
+        result: dict[str, Any] = {"index": ranked.index, "relevance_score": ranked.score}
+        if body.return_documents:
+            doc = body.documents[ranked.index]
+            result["document"] = {"text": doc} if isinstance(doc, str) else doc
+        results.append(result)
+    payload = {
+        "model": settings.served_name,
+        "usage": {"total_tokens": outcome.total_tokens},
+        "results": results,
+    }
+    return JSONBytes(payload, headers=_timing_headers(outcome))
+
+
+def _timing_headers(outcome: RerankOutcome) -> dict[str, str]:
+    return {
+        "x-tokenization-time": f"{outcome.tokenization_s * 1000:.2f}",
+        "x-queue-time": f"{outcome.queue_s * 1000:.2f}",
+        "x-inference-time": f"{outcome.inference_s * 1000:.2f}",
+    }
+
+
+async def _unless_disconnected(work: Any, request: Request) -> RerankOutcome | None:
+    """Await the rerank, but cancel it (dropping its queued items) if the client goes away."""
+    task: asyncio.Task[RerankOutcome] = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    return None if task.cancelled() else task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+@v1.get("/models", response_model=ModelList, summary="The served model")
+async def models(request: Request) -> Response:
+    runtime = runtime_of(request)
+    loaded = runtime.loaded_model
+    card = ModelCard(
+        id=runtime.settings.served_name,
+        max_input_length=loaded.encoder.max_length,
+        dtype=loaded.dtype,
+        devices=loaded.devices,
+        backend=loaded.backend,
+        attention=loaded.attention,
+    )
+    return JSONBytes(ModelList(data=[card]).model_dump())
+
+
+@ops.get("/health", summary="Liveness: the process is up")
+async def health() -> Response:
+    return JSONBytes({"status": "ok"})
+
+
+@ops.get("/ready", summary="Readiness: 200 once the model is loaded and warmed up")
+async def ready(request: Request) -> Response:
+    runtime = runtime_of(request)
+    if runtime.phase == "ready":
+        return JSONBytes({"status": "ready"})
+    return JSONBytes(
+        {"status": runtime.phase, "detail": f"not ready: {runtime.phase}"},
+        status_code=503,
+        headers={"retry-after": "5"},
+    )
+
+
+@ops.get("/metrics", summary="Prometheus metrics")
+async def metrics(request: Request) -> Response:
+    return Response(runtime_of(request).metrics.render(), media_type=CONTENT_TYPE)

@@ -1,0 +1,109 @@
+"""Request and response bodies of the Jina dialect (`POST /v1/rerank`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+def check_text(value: str) -> str:
+    """Reject strings the tokenizer cannot take (lone UTF-16 surrogates from JSON escapes)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = value[exc.start]
+        raise ValueError(
+            f"contains a lone surrogate (U+{ord(bad):04X}) at character {exc.start};"
+            " send valid Unicode text"
+        ) from None
+    return value
+
+
+class RerankRequest(BaseModel):
+    """Jina's rerank request. Unknown fields are ignored, as Jina's API does."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "jina-reranker-v2-base-multilingual",
+                    "query": "Which planet is known as the Red Planet?",
+                    "documents": [
+                        "Venus is often called Earth's twin.",
+                        "Mars, known for its reddish appearance, is the Red Planet.",
+                    ],
+                    "top_n": 2,
+                }
+            ]
+        },
+    )
+
+    model: str | None = Field(None, description="Must name the served model when given.")
+    query: str = Field(description="The search query.")
+    documents: list[str | dict[str, Any]] = Field(
+        description="Strings, or objects with a string `text` field (other fields are echoed)."
+    )
+    top_n: int | None = Field(None, ge=1, description="Return at most this many results.")
+    return_documents: bool = Field(True, description="Echo each document in the results.")
+
+    @field_validator("query")
+    @classmethod
+    def _query_text(cls, value: str) -> str:
+        return check_text(value)
+
+    @field_validator("documents")
+    @classmethod
+    def _documents_text(cls, docs: list[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
+        for i, doc in enumerate(docs):
+            text = doc if isinstance(doc, str) else doc.get("text")
+            if not isinstance(text, str):
+                raise ValueError(
+                    f"document {i} is an object without a string 'text' field;"
+                    " send a string or an object like {\"text\": \"...\"}"
+                )
+            try:
+                check_text(text)
+            except ValueError as exc:
+                raise ValueError(f"document {i} {exc}") from None
+        return docs
+
+    def texts(self) -> list[str]:
+        return [d if isinstance(d, str) else d["text"] for d in self.documents]
+
+
+class Usage(BaseModel):
+    total_tokens: int = Field(description="Tokens fed to the model, windows and specials included.")
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: dict[str, Any] | None = None
+
+
+class RerankResponse(BaseModel):
+    model: str
+    usage: Usage
+    results: list[RerankResult]
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: str = "model"
+    owned_by: str = "reranker"
+    max_input_length: int
+    dtype: str
+    devices: list[str]
+    backend: str
+    attention: str
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelCard]

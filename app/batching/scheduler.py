@@ -1,0 +1,266 @@
+"""One bounded queue of scoring items shared by all requests, and the rule that forms batches.
+
+Requests are submitted from the event loop; device worker threads pull batches. A batch always
+holds the oldest waiting item (so nothing starves) plus the items of the look-ahead window closest
+to it in length, as many as the token budget allows. Results go back to the event loop with one
+`call_soon_threadsafe` per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.errors import InferenceFailed, QueueFull, RequestTooLarge
+from app.metrics import Metrics
+
+
+@dataclass(eq=False)
+class Job:
+    """The scoring items of one request, and the future that resolves with all their logits."""
+
+    size: int
+    future: asyncio.Future[np.ndarray]
+    loop: asyncio.AbstractEventLoop
+    logits: np.ndarray = field(init=False)
+    remaining: int = field(init=False)
+    queue_s: float = 0.0
+    inference_s: float = 0.0
+    abandoned: bool = False
+    batches: int = 0
+
+    def __post_init__(self) -> None:
+        self.logits = np.empty(self.size, dtype=np.float32)
+        self.remaining = self.size
+
+    def abandon(self) -> None:
+        """Mark the request as gone: its waiting items are dropped before any forward pass."""
+        self.abandoned = True
+
+
+@dataclass(eq=False, slots=True)
+class Item:
+    ids: Sequence[int]
+    split: int
+    job: Job
+    pos: int
+    enqueued: float
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(slots=True)
+class Batch:
+    items: list[Item]
+    real_tokens: int
+    cost_tokens: int
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        max_batch_tokens: int,
+        max_wait_s: float,
+        max_queue: int,
+        pads: bool,
+        metrics: Metrics,
+        lookahead: int = 1024,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.max_batch_tokens = max_batch_tokens
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.pads = pads
+        self.lookahead = lookahead
+        self._metrics = metrics
+        self._clock = clock
+        self._queue: deque[Item] = deque()
+        self._queued_tokens = 0
+        self._cond = threading.Condition()
+        self._closed = False
+
+    # -- event-loop side -------------------------------------------------------------------
+    def submit(self, pairs: Sequence[tuple[Sequence[int], int]]) -> Job:
+        """Queue one request's (ids, split) pairs; the returned job's future gets their logits."""
+        loop = asyncio.get_running_loop()
+        job = Job(len(pairs), loop.create_future(), loop)
+        if not pairs:
+            job.future.set_result(job.logits)
+            return job
+        if len(pairs) > self.max_queue:
+            raise RequestTooLarge(
+                f"this request needs {len(pairs)} scoring windows, more than the queue holds"
+                f" (max_queue={self.max_queue}); send fewer or shorter documents"
+            )
+        now = self._clock()
+        items = [Item(ids, split, job, pos, now) for pos, (ids, split) in enumerate(pairs)]
+        tokens = sum(len(ids) for ids, _ in pairs)
+        with self._cond:
+            if len(self._queue) + len(items) > self.max_queue:
+                raise QueueFull(
+                    f"the server is at capacity ({len(self._queue)} items queued,"
+                    f" max_queue={self.max_queue}); retry after the Retry-After delay",
+                    retry_after_s=1.0,
+                )
+            self._queue.extend(items)
+            self._queued_tokens += tokens
+            self._update_gauges()
+            self._cond.notify()
+        return job
+
+    # -- worker side -------------------------------------------------------------------------
+    def next_batch(self) -> Batch | None:
+        """Block until a batch is due; None once the scheduler is closed and drained."""
+        with self._cond:
+            while True:
+                self._drop_abandoned_head()
+                if self._queue:
+                    wait = self._fill_wait()
+                    if wait <= 0:
+                        batch = self._form_batch()
+                        self._update_gauges()
+                        if self._queue:
+                            self._cond.notify()
+                        return batch
+                    self._cond.wait(wait)
+                elif self._closed:
+                    return None
+                else:
+                    self._cond.wait()
+
+    def _fill_wait(self) -> float:
+        """Seconds still worth waiting for more items; 0 when a batch should go now."""
+        if self._closed or self._queued_tokens >= self.max_batch_tokens:
+            return 0.0
+        return self._queue[0].enqueued + self.max_wait_s - self._clock()
+
+    def _drop_abandoned_head(self) -> None:
+        dropped = 0
+        while self._queue and self._queue[0].job.abandoned:
+            self._queued_tokens -= self._queue.popleft().length
+            dropped += 1
+        if dropped:
+            self._metrics.items_dropped.inc(dropped)
+            self._update_gauges()
+
+    def _cost(self, count: int, longest: int, total: int) -> int:
+        return count * longest if self.pads else total
+
+    def _form_batch(self) -> Batch:
+        window: list[Item] = []
+        dropped = 0
+        while self._queue and len(window) < self.lookahead:
+            item = self._queue.popleft()
+            if item.job.abandoned:
+                self._queued_tokens -= item.length
+                dropped += 1
+            else:
+                window.append(item)
+        if dropped:
+            self._metrics.items_dropped.inc(dropped)
+
+        head = window[0]
+        order = sorted(range(len(window)), key=lambda i: window[i].length)
+        lengths = [window[i].length for i in order]
+        centre = order.index(0)
+        lo = hi = centre
+        total = longest = head.length
+        # Grow around the head in sorted order, taking the neighbour closest in length.
+        while True:
+            left = order[lo - 1] if lo > 0 else None
+            right = order[hi + 1] if hi + 1 < len(order) else None
+            if left is None and right is None:
+                break
+            take_left = right is None or (
+                left is not None and head.length - lengths[lo - 1] <= lengths[hi + 1] - head.length
+            )
+            cand = window[left if take_left else right]  # type: ignore[index]
+            new_longest = max(longest, cand.length)
+            new_total = total + cand.length
+            if self._cost(hi - lo + 2, new_longest, new_total) > self.max_batch_tokens:
+                break
+            total, longest = new_total, new_longest
+            if take_left:
+                lo -= 1
+            else:
+                hi += 1
+
+        chosen = order[lo : hi + 1]
+        batch_items = [window[i] for i in chosen]
+        taken = set(chosen)
+        rest = [item for i, item in enumerate(window) if i not in taken]
+        self._queue.extendleft(reversed(rest))
+        self._queued_tokens -= total
+        return Batch(batch_items, total, self._cost(len(batch_items), longest, total))
+
+    def _update_gauges(self) -> None:
+        self._metrics.queue_items.set(len(self._queue))
+        self._metrics.queue_tokens.set(self._queued_tokens)
+
+    # -- completion (called by workers) ---------------------------------------------------
+    def complete(self, batch: Batch, logits: np.ndarray, started: float, ended: float) -> None:
+        """Hand a batch's logits to the event loop(s) of its requests."""
+        for item in batch.items:
+            self._metrics.queue_wait.observe(started - item.enqueued)
+        groups = _by_loop(batch.items)
+        for loop, idx in groups.items():
+            items = [batch.items[i] for i in idx]
+            part = logits if len(groups) == 1 else logits[idx]
+            loop.call_soon_threadsafe(_deliver, items, part, started, ended)
+
+    def fail(self, batch: Batch) -> None:
+        """Fail exactly the requests whose items were in this batch."""
+        for loop, idx in _by_loop(batch.items).items():
+            loop.call_soon_threadsafe(_fail, [batch.items[i] for i in idx])
+
+    def close(self) -> None:
+        """Stop accepting work; workers drain what is queued, then get None."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+
+def _by_loop(items: list[Item]) -> dict[asyncio.AbstractEventLoop, list[int]]:
+    """Indices of a batch's items per event loop (one loop in a server, several in tests)."""
+    groups: dict[asyncio.AbstractEventLoop, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(item.job.loop, []).append(i)
+    return groups
+
+
+def _deliver(items: list[Item], logits: np.ndarray, started: float, ended: float) -> None:
+    seen: set[int] = set()
+    for item, logit in zip(items, logits.tolist(), strict=True):
+        job = item.job
+        if job.future.done():
+            continue
+        job.logits[item.pos] = logit
+        job.remaining -= 1
+        if id(job) not in seen:
+            seen.add(id(job))
+            job.inference_s += ended - started
+            job.batches += 1
+            job.queue_s = max(job.queue_s, started - item.enqueued)
+        if job.remaining == 0:
+            job.future.set_result(job.logits)
+
+
+def _fail(items: list[Item]) -> None:
+    for item in items:
+        job = item.job
+        job.abandoned = True
+        if not job.future.done():
+            job.future.set_exception(InferenceFailed())

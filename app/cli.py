@@ -1,0 +1,118 @@
+"""`reranker serve` and `reranker make-test-model`. Every serve flag has a RERANKER_* env twin."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from pydantic import ValidationError
+
+from app.config import Settings
+from app.errors import ModelUnavailable
+
+_SERVE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("--model", "model", {}),
+    ("--served-model-name", "served_model_name", {}),
+    ("--host", "host", {}),
+    ("--port", "port", {"type": int}),
+    ("--device", "device", {}),
+    ("--dtype", "dtype", {"choices": ["auto", "float32", "bfloat16", "float16"]}),
+    ("--backend", "backend", {"choices": ["auto", "transformers"]}),
+    ("--max-batch-tokens", "max_batch_tokens", {"type": int}),
+    ("--max-wait-ms", "max_wait_ms", {"type": float}),
+    ("--max-queue", "max_queue", {"type": int}),
+    ("--max-documents", "max_documents", {"type": int}),
+    ("--max-body-bytes", "max_body_bytes", {"type": int}),
+    ("--api-key", "api_keys", {"action": "append"}),
+    ("--hf-cache-dir", "hf_cache_dir", {}),
+    ("--log-level", "log_level", {}),
+]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reranker", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser(
+        "serve",
+        help="run the HTTP service",
+        description="Run the reranking service. Flags override their RERANKER_* env twins.",
+    )
+    for flag, field, extra in _SERVE_FLAGS:
+        info = Settings.model_fields[field]
+        env = "RERANKER_" + field.upper()
+        default = info.default if info.default_factory is None else "none"
+        help_text = f"{info.description} [env {env}; default {default}]"
+        if field == "api_keys":
+            help_text = f"{info.description} Repeatable. [env {env}, comma separated]"
+        serve.add_argument(flag, dest=field, default=None, help=help_text, **extra)
+
+    make = sub.add_parser(
+        "make-test-model",
+        help="write a small random cross-encoder (offline), to try the service without downloads",
+    )
+    make.add_argument("out_dir", help="directory to write")
+    make.add_argument("--family", choices=["xlm-roberta", "bert"], default="xlm-roberta")
+    make.add_argument("--max-length", type=int, default=512)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "make-test-model":
+        from app.testmodel import write_test_model
+
+        out = write_test_model(args.out_dir, args.family, max_length=args.max_length)
+        print(f"wrote a random {args.family} cross-encoder to {out}")
+        return 0
+    overrides = {f: getattr(args, f) for _, f, _ in _SERVE_FLAGS if getattr(args, f) is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        for err in exc.errors():
+            where = ".".join(map(str, err["loc"]))
+            print(f"reranker: invalid {where}: {err['msg']}", file=sys.stderr)
+        return 2
+    return serve(settings)
+
+
+def serve(settings: Settings) -> int:
+    import uvicorn
+
+    from app.engine.loading import resolve_model_dir
+    from app.main import create_app
+
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        resolve_model_dir(settings.model, settings.hf_cache_dir)
+    except ModelUnavailable as exc:
+        print(f"reranker: {exc}", file=sys.stderr)
+        return 2
+
+    failure: list[BaseException] = []
+    server: uvicorn.Server | None = None
+
+    def on_fatal(exc: BaseException) -> None:
+        failure.append(exc)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, on_fatal=on_fatal)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=30,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if failure:
+        print(f"reranker: {failure[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Service settings: one validated object, built by the CLI (flags + RERANKER_* env) or by tests."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_MODEL = "jinaai/jina-reranker-v2-base-multilingual"
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Backend = Literal["auto", "transformers"]
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+(,cuda:\d+)*)$")
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told. Each field has an env twin `RERANKER_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="RERANKER_", extra="forbid", frozen=True)
+
+    model: str = Field(DEFAULT_MODEL, description="Local model directory or Hugging Face hub id.")
+    served_model_name: str | None = Field(
+        None, description="Name reported in responses and accepted in requests (default: --model)."
+    )
+    host: str = Field("0.0.0.0", description="Interface to bind.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port.")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N[,cuda:M...]")
+    dtype: Dtype = Field(
+        "auto", description="auto = bfloat16 on CUDA and on CPUs with native bf16, else float32."
+    )
+    backend: Backend = Field("auto", description="Model backend.")
+    max_batch_tokens: int = Field(
+        16384, ge=1, description="Token budget of one forward pass (padded tokens when padding)."
+    )
+    max_wait_ms: float = Field(
+        2.0, ge=0, description="Longest wait to fill a batch when the queue is short."
+    )
+    max_queue: int = Field(
+        65536, ge=1, description="Scoring items (query-window pairs) allowed to wait; then 429."
+    )
+    max_documents: int = Field(1000, ge=1, description="Documents per request.")
+    max_body_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Largest request body accepted."
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Bearer keys for /v1/*; none = open. Env: comma separated.",
+    )
+    hf_cache_dir: str | None = Field(None, description="Hugging Face cache directory.")
+    log_level: str = Field("info", description="Log level.")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower().replace(" ", "")
+        if not _DEVICE_RE.match(value):
+            raise ValueError("expected auto, cpu, cuda or cuda:N[,cuda:M...]")
+        return value
+
+    @property
+    def served_name(self) -> str:
+        return self.served_model_name or self.model.rstrip("/")
+
+    @property
+    def accepted_model_names(self) -> frozenset[str]:
+        """Names a request's `model` may carry: the served name and its last path component."""
+        name = self.served_name
+        return frozenset({name, name.rsplit("/", 1)[-1]})

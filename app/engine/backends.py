@@ -1,0 +1,59 @@
+"""Scorers: run one batch of token-id pairs through a cross-encoder and return float32 logits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from app.engine.tokenize import Family
+
+
+class Scorer(Protocol):
+    """What the batching layer needs from a model replica on one device."""
+
+    device: str
+    pads: bool
+    """True when a batch costs `len(batch) * longest` tokens (padded), False when packed."""
+
+    def score(self, ids: Sequence[Sequence[int]], splits: Sequence[int]) -> np.ndarray:
+        """float32 logits, one per pair, in input order."""
+        ...
+
+
+class TransformersScorer:
+    """Stock `AutoModelForSequenceClassification` with right-padded batches (SDPA attention)."""
+
+    pads = True
+
+    def __init__(self, model: Any, family: Family, device: str, pad_id: int) -> None:
+        self.model = model
+        self.family = family
+        self.device = device
+        self._pad_id = pad_id
+        self._torch_device = torch.device(device)
+        self._uses_token_types = family == "bert" and model.config.type_vocab_size > 1
+
+    def score(self, ids: Sequence[Sequence[int]], splits: Sequence[int]) -> np.ndarray:
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        width = int(lengths.max())
+        input_ids = np.full((len(ids), width), self._pad_id, dtype=np.int64)
+        for row, seq in enumerate(ids):
+            input_ids[row, : len(seq)] = seq
+        positions = np.arange(width)
+        mask = positions[None, :] < lengths[:, None]
+        inputs = {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(mask.astype(np.int64)),
+        }
+        if self._uses_token_types:
+            split_arr = np.asarray(splits, dtype=np.int64)
+            types = (positions[None, :] >= split_arr[:, None]) & mask
+            inputs["token_type_ids"] = torch.from_numpy(types.astype(np.int64))
+        with torch.inference_mode():
+            batch = {k: v.to(self._torch_device, non_blocking=True) for k, v in inputs.items()}
+            logits = self.model(**batch).logits[:, 0]
+            result: np.ndarray = logits.float().cpu().numpy()
+        return result

@@ -1,0 +1,76 @@
+"""Turns a query and its documents into the model's input pairs, windowing long documents."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from app.engine.windows import window_budget, window_spans
+
+Family = Literal["xlm-roberta", "bert"]
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """One scoring item: the token ids fed to the model for (query, one document window).
+
+    `split` is where the second segment starts (token type 1 from there on, for BERT).
+    """
+
+    ids: list[int]
+    split: int
+    doc: int
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedRequest:
+    pairs: list[Pair]
+    total_tokens: int
+
+
+class PairEncoder:
+    """Tokenizes with the model's fast tokenizer and applies each family's pair layout.
+
+    Not thread-safe (it drives one Rust tokenizer): call it from one thread at a time.
+    """
+
+    def __init__(self, tokenizer: Any, family: Family, max_length: int) -> None:
+        self._backend = tokenizer.backend_tokenizer
+        self.family: Family = family
+        self.max_length = max_length
+        self.max_query_length = min(512, max_length // 2)
+        self.cls_id: int = tokenizer.cls_token_id
+        self.sep_id: int = tokenizer.sep_token_id
+        self._backend.no_truncation()
+        self._backend.no_padding()
+        self._encode_batch = getattr(self._backend, "encode_batch_fast", self._backend.encode_batch)
+
+    def encode_query(self, query: str) -> list[int]:
+        """The query with specials, cut to max_query_length (content truncated, specials kept)."""
+        content = self._backend.encode(query, add_special_tokens=False).ids
+        return [self.cls_id, *content[: self.max_query_length - 2], self.sep_id]
+
+    def encode_documents(self, documents: Sequence[str]) -> list[list[int]]:
+        if not documents:
+            return []
+        return [e.ids for e in self._encode_batch(list(documents), add_special_tokens=False)]
+
+    def pair_ids(self, query_ids: list[int], window: list[int]) -> list[int]:
+        if self.family == "bert":
+            return [*query_ids, *window, self.sep_id]
+        return [*query_ids, self.sep_id, *window, self.sep_id]
+
+    def encode(self, query: str, documents: Sequence[str]) -> EncodedRequest:
+        """Every (query, window) pair of a request, documents in order, windows in order."""
+        query_ids = self.encode_query(query)
+        budget = window_budget(self.max_length, len(query_ids))
+        split = len(query_ids)
+        pairs: list[Pair] = []
+        total = 0
+        for doc, doc_ids in enumerate(self.encode_documents(documents)):
+            for start, end in window_spans(len(doc_ids), budget):
+                ids = self.pair_ids(query_ids, doc_ids[start:end])
+                total += len(ids)
+                pairs.append(Pair(ids, split, doc))
+        return EncodedRequest(pairs, total)

@@ -1,0 +1,53 @@
+"""App factory: `create_app(settings)` wires settings, metrics, runtime, routes and handlers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api.handlers import install_error_handlers
+from app.api.middleware import ServingMiddleware
+from app.api.routes import ops, v1
+from app.config import Settings
+from app.metrics import Metrics
+from app.runtime import Loader, Runtime, default_loader
+
+
+def create_app(
+    settings: Settings,
+    *,
+    loader: Loader = default_loader,
+    on_fatal: Callable[[BaseException], None] | None = None,
+) -> FastAPI:
+    """A ready-to-serve app. The model loads in the background after start-up, so /health
+    answers at once and /ready turns 200 when the model is loaded and warmed up."""
+    metrics = Metrics()
+    runtime = Runtime(settings, metrics, loader=loader, on_fatal=on_fatal)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        starting = asyncio.create_task(runtime.start())
+        try:
+            yield
+        finally:
+            if not starting.done():
+                starting.cancel()
+            await runtime.stop()
+
+    app = FastAPI(
+        title="reranker",
+        summary="Cross-encoder reranking with a Jina-compatible API",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.include_router(v1)
+    app.include_router(ops)
+    install_error_handlers(app)
+    app.add_middleware(
+        ServingMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics
+    )
+    return app

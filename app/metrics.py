@@ -1,0 +1,95 @@
+"""Prometheus collectors, named after the pipeline stages, in a registry owned by one app."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.35, 0.5,
+    0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+_COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+_TOKEN_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+_RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """All collectors of one service instance (a fresh registry, so tests can build many apps)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.request_duration = Histogram(
+            "reranker_request_duration_seconds",
+            "Time from request received to response ready, by route.",
+            ["route"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.tokenization_duration = Histogram(
+            "reranker_tokenization_duration_seconds",
+            "Time to tokenize one request and cut its documents into windows.",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_wait = Histogram(
+            "reranker_queue_wait_seconds",
+            "Time a scoring item waited in the queue before its forward pass started.",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.inference_duration = Histogram(
+            "reranker_inference_duration_seconds",
+            "Duration of one forward pass (one batch), by device.",
+            ["device"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.batch_size = Histogram(
+            "reranker_batch_size",
+            "Query-document pairs per forward pass.",
+            buckets=_COUNT_BUCKETS, registry=r,
+        )
+        self.batch_tokens = Histogram(
+            "reranker_batch_tokens",
+            "Tokens computed per forward pass (padded tokens when the backend pads).",
+            buckets=_TOKEN_BUCKETS, registry=r,
+        )
+        self.padding_efficiency = Histogram(
+            "reranker_padding_efficiency",
+            "Real tokens divided by computed tokens, per forward pass.",
+            buckets=_RATIO_BUCKETS, registry=r,
+        )
+        self.requests = Counter(
+            "reranker_requests",
+            "HTTP requests answered, by route and status code.",
+            ["route", "status"], registry=r,
+        )
+        self.documents_scored = Counter(
+            "reranker_documents_scored", "Documents scored.", registry=r
+        )
+        self.tokens_scored = Counter(
+            "reranker_tokens_scored", "Tokens fed to the model for scored requests.", registry=r
+        )
+        self.failures = Counter(
+            "reranker_failures",
+            "Requests or items that failed, by reason.",
+            ["reason"], registry=r,
+        )
+        self.items_dropped = Counter(
+            "reranker_items_dropped",
+            "Scoring items skipped before their forward pass because their request was gone.",
+            registry=r,
+        )
+        self.queue_items = Gauge(
+            "reranker_queue_items", "Scoring items waiting in the queue.", registry=r
+        )
+        self.queue_tokens = Gauge(
+            "reranker_queue_tokens", "Tokens of the scoring items waiting in the queue.", registry=r
+        )
+        self.in_flight = Gauge(
+            "reranker_in_flight_requests", "Rerank requests being processed.", registry=r
+        )
+        self.ready = Gauge(
+            "reranker_ready", "1 when the model is loaded, warmed up and serving.", registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

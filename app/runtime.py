@@ -1,0 +1,113 @@
+"""The running service's moving parts: load and warm up the model, start and stop the workers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Literal
+
+from app.batching.scheduler import Scheduler
+from app.batching.worker import Worker
+from app.config import Settings
+from app.engine.loading import LoadedModel, load_model
+from app.errors import NotReady
+from app.metrics import Metrics
+from app.service import RerankService
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[Settings], LoadedModel]
+Phase = Literal["starting", "ready", "stopping", "failed"]
+
+
+def default_loader(settings: Settings) -> LoadedModel:
+    return load_model(
+        settings.model, device=settings.device, dtype=settings.dtype,
+        cache_dir=settings.hf_cache_dir,
+    )
+
+
+class Runtime:
+    """Owned by one app. `service` is usable only while `phase == "ready"`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        loader: Loader = default_loader,
+        on_fatal: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.phase: Phase = "starting"
+        self.model: LoadedModel | None = None
+        self._service: RerankService | None = None
+        self._scheduler: Scheduler | None = None
+        self._workers: list[Worker] = []
+        self._loader = loader
+        self._on_fatal = on_fatal
+
+    def _not_ready(self) -> NotReady:
+        detail = {
+            "starting": "the model is still loading; retry shortly",
+            "stopping": "the server is shutting down; retry on another replica",
+            "failed": "the model failed to load; see the server log",
+        }.get(self.phase, "not ready")
+        return NotReady(detail, retry_after_s=5.0 if self.phase == "starting" else 1.0)
+
+    @property
+    def service(self) -> RerankService:
+        """The rerank service; raises NotReady (503) unless the phase is ready."""
+        if self.phase != "ready" or self._service is None:
+            raise self._not_ready()
+        return self._service
+
+    @property
+    def loaded_model(self) -> LoadedModel:
+        if self.model is None:
+            raise self._not_ready()
+        return self.model
+
+    async def start(self) -> None:
+        """Load, start one worker per device, warm up, then report ready."""
+        try:
+            log.info("loading model %s", self.settings.model)
+            self.model = await asyncio.to_thread(self._loader, self.settings)
+            self._scheduler = Scheduler(
+                max_batch_tokens=self.settings.max_batch_tokens,
+                max_wait_s=self.settings.max_wait_ms / 1000.0,
+                max_queue=self.settings.max_queue,
+                pads=all(s.pads for s in self.model.scorers),
+                metrics=self.metrics,
+            )
+            self._workers = [
+                Worker(self._scheduler, scorer, self.metrics) for scorer in self.model.scorers
+            ]
+            for worker in self._workers:
+                worker.start()
+            self._service = RerankService(self.model.encoder, self._scheduler, self.metrics)
+            log.info("warming up")
+            long_doc = "warm up " * self.model.encoder.max_length
+            await self._service.rerank("warm up", ["warm up", long_doc])
+        except Exception as exc:
+            self.phase = "failed"
+            log.error("start-up failed: %s", exc)
+            if self._on_fatal is not None:
+                self._on_fatal(exc)
+            return
+        if self.phase == "starting":
+            self.phase = "ready"
+            self.metrics.ready.set(1)
+            log.info("ready: serving %s", self.settings.served_name)
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop taking work, let workers drain the queue, and release threads."""
+        self.phase = "stopping"
+        self.metrics.ready.set(0)
+        if self._scheduler is not None:
+            self._scheduler.close()
+        for worker in self._workers:
+            await asyncio.to_thread(worker.join, timeout_s)
+        if self._service is not None:
+            self._service.close()

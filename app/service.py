@@ -1,0 +1,98 @@
+"""The rerank use case: tokenize and window, score through the shared queue, pool, sort, cut.
+
+No HTTP and no torch here; the api layer calls `rerank`, the batching layer does the scoring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.batching.scheduler import Scheduler
+from app.engine.tokenize import EncodedRequest, PairEncoder
+from app.metrics import Metrics
+
+
+@dataclass(frozen=True, slots=True)
+class RankedDocument:
+    index: int
+    score: float
+    logit: float
+
+
+@dataclass(frozen=True, slots=True)
+class RerankOutcome:
+    results: list[RankedDocument]
+    total_tokens: int
+    tokenization_s: float
+    queue_s: float
+    inference_s: float
+
+
+def sigmoid32(logits: np.ndarray) -> np.ndarray:
+    """The relevance score, in float32 like the model's reference code."""
+    x = logits.astype(np.float32, copy=False)
+    return np.float32(1.0) / (np.float32(1.0) + np.exp(-x))
+
+
+class RerankService:
+    def __init__(self, encoder: PairEncoder, scheduler: Scheduler, metrics: Metrics) -> None:
+        self.encoder = encoder
+        self.scheduler = scheduler
+        self._metrics = metrics
+        # One thread: the Rust tokenizer parallelises a batch itself, and one caller at a time
+        # keeps its state race-free.
+        self._tokenizer_pool = ThreadPoolExecutor(1, thread_name_prefix="reranker-tokenize")
+
+    def close(self) -> None:
+        self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def rerank(
+        self, query: str, documents: Sequence[str], top_n: int | None = None
+    ) -> RerankOutcome:
+        """Documents ranked by relevance to the query (score desc, then index asc), cut to top_n.
+
+        A document longer than one model input is scored as the max over its windows.
+        Cancelling the caller drops the request's items that have not been scored yet.
+        """
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        encoded: EncodedRequest = await loop.run_in_executor(
+            self._tokenizer_pool, self.encoder.encode, query, documents
+        )
+        tokenization_s = time.perf_counter() - t0
+        self._metrics.tokenization_duration.observe(tokenization_s)
+
+        job = self.scheduler.submit([(p.ids, p.split) for p in encoded.pairs])
+        try:
+            logits = await job.future
+        except asyncio.CancelledError:
+            job.abandon()
+            raise
+
+        doc_logits = _max_per_document(logits, [p.doc for p in encoded.pairs], len(documents))
+        scores = sigmoid32(doc_logits)
+        order = np.lexsort((np.arange(len(documents)), -scores))
+        if top_n is not None:
+            order = order[:top_n]
+        results = [
+            RankedDocument(int(i), float(scores[i]), float(doc_logits[i])) for i in order
+        ]
+        self._metrics.documents_scored.inc(len(documents))
+        self._metrics.tokens_scored.inc(encoded.total_tokens)
+        return RerankOutcome(
+            results, encoded.total_tokens, tokenization_s, job.queue_s, job.inference_s
+        )
+
+
+def _max_per_document(logits: np.ndarray, doc_of_pair: list[int], n_docs: int) -> np.ndarray:
+    """Windows of one document are contiguous and in document order: max-pool each run."""
+    if n_docs == 0:
+        return np.empty(0, dtype=np.float32)
+    starts = np.flatnonzero(np.diff(np.asarray(doc_of_pair), prepend=-1))
+    return np.maximum.reduceat(logits, starts).astype(np.float32, copy=False)

@@ -1,0 +1,136 @@
+"""Writes a small random cross-encoder with a locally trained tokenizer, for offline use and tests.
+
+The weights are random, so scores mean nothing; the architecture, tokenizer layout and files are
+those of a real XLM-RoBERTa (jina-reranker-v2's family) or BERT cross-encoder.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Literal
+
+_CORPUS = [
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Mars, known for its reddish appearance, is often referred to as the Red Planet.",
+    "Venus is often called Earth's twin because of its similar size and proximity.",
+    "Jupiter, the largest planet in our solar system, has a prominent red spot.",
+    "Saturn, famous for its rings, is sometimes mistaken for the Red Planet.",
+    "Retrieval augmented generation ranks passages before an answer is written.",
+    "A cross-encoder reads the query and the document together and returns one score.",
+    "Der schnelle braune Fuchs springt über den faulen Hund am Flussufer.",
+    "Die Bibliothek öffnet um neun Uhr und schließt am Abend um acht.",
+    "Le renard brun rapide saute par-dessus le chien paresseux près de la rivière.",
+    "La bibliothèque municipale propose des livres en plusieurs langues étrangères.",
+    "El rápido zorro marrón salta sobre el perro perezoso junto al río.",
+    "¿Cuál es el planeta conocido como el planeta rojo del sistema solar?",
+    "Быстрая коричневая лиса прыгает через ленивую собаку у реки.",
+    "Марс часто называют красной планетой из-за его цвета.",
+    "敏捷的棕色狐狸跳过了河边那只懒惰的狗。",
+    "火星因其红色外观而被称为红色星球。",
+    "素早い茶色の狐が川辺で怠け者の犬を飛び越える。",
+    "火星は赤い惑星として知られています。",
+    "الثعلب البني السريع يقفز فوق الكلب الكسول بجانب النهر.",
+    "तेज़ भूरी लोमड़ी नदी के किनारे आलसी कुत्ते के ऊपर कूदती है।",
+    "빠른 갈색 여우가 강가에서 게으른 개를 뛰어넘는다.",
+    "def rerank(query: str, documents: list[str]) -> list[float]: return scores",
+    "SELECT name, price FROM products WHERE price > 10 ORDER BY price DESC;",
+    '{"name": "get_weather", "parameters": {"city": {"type": "string"}}}',
+    "Numbers 0 1 2 3 4 5 6 7 8 9 10 100 1000 and symbols ! ? , . ; : ' \" ( ) [ ] { }",
+]
+
+Family = Literal["xlm-roberta", "bert"]
+
+
+def _corpus() -> list[str]:
+    words = sorted({w for line in _CORPUS for w in line.split()})
+    shuffled = [" ".join(words[i::7]) for i in range(7)]
+    return list(itertools.chain(_CORPUS * 4, shuffled))
+
+
+def _xlmr_tokenizer(vocab_size: int, max_length: int) -> Any:
+    from tokenizers import processors
+    from tokenizers.implementations import SentencePieceUnigramTokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    raw = SentencePieceUnigramTokenizer()
+    raw.train_from_iterator(
+        iter(_corpus()), vocab_size=vocab_size, show_progress=False,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>"], unk_token="<unk>",
+    )
+    raw.add_special_tokens(["<mask>"])
+    raw.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", 0), ("</s>", 2)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=raw._tokenizer, model_max_length=max_length,
+        bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
+        unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
+    )
+
+
+def _bert_tokenizer(vocab_size: int, max_length: int) -> Any:
+    from tokenizers import processors
+    from tokenizers.implementations import BertWordPieceTokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    raw = BertWordPieceTokenizer(lowercase=True)
+    raw.train_from_iterator(
+        iter(_corpus()), vocab_size=vocab_size, show_progress=False,
+        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+    )
+    raw.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", raw.token_to_id("[CLS]")), ("[SEP]", raw.token_to_id("[SEP]"))],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=raw._tokenizer, model_max_length=max_length,
+        cls_token="[CLS]", sep_token="[SEP]", unk_token="[UNK]", pad_token="[PAD]",
+        mask_token="[MASK]",
+    )
+
+
+def write_test_model(
+    out_dir: str | Path,
+    family: Family = "xlm-roberta",
+    *,
+    max_length: int = 128,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    vocab_size: int = 1500,
+    seed: int = 0,
+) -> Path:
+    """Write tokenizer, config and random weights (model.safetensors) to `out_dir`."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, XLMRobertaConfig
+    from transformers import XLMRobertaForSequenceClassification as XLMRModel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    common: dict[str, Any] = dict(
+        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=4 * hidden, num_labels=1, initializer_range=0.2,
+        hidden_act="gelu", layer_norm_eps=1e-5,
+    )
+    if family == "xlm-roberta":
+        tokenizer = _xlmr_tokenizer(vocab_size, max_length)
+        config: Any = XLMRobertaConfig(
+            vocab_size=len(tokenizer), max_position_embeddings=max_length + 2,
+            type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2, **common,
+        )
+        model: torch.nn.Module = XLMRModel(config)
+    else:
+        tokenizer = _bert_tokenizer(vocab_size, max_length)
+        config = BertConfig(
+            vocab_size=len(tokenizer), max_position_embeddings=max_length,
+            type_vocab_size=2, pad_token_id=0, **common,
+        )
+        model = BertForSequenceClassification(config)
+    tokenizer.save_pretrained(out)
+    model.save_pretrained(out)  # type: ignore[operator]
+    return out

@@ -1,0 +1,119 @@
+"""Session fixtures: tiny random models generated locally, and live servers on loopback."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from app.config import Settings
+from app.main import create_app
+from app.runtime import Loader, default_loader
+from app.testmodel import write_test_model
+
+
+@pytest.fixture(scope="session")
+def xlmr_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(write_test_model(tmp_path_factory.mktemp("xlmr"), "xlm-roberta", max_length=128))
+
+
+@pytest.fixture(scope="session")
+def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(write_test_model(tmp_path_factory.mktemp("bert"), "bert", max_length=128))
+
+
+class LiveServer:
+    """A real uvicorn server in a thread, on a free loopback port."""
+
+    def __init__(self, settings: Settings, loader: Loader = default_loader) -> None:
+        self.settings = settings
+        self.app = create_app(settings, loader=loader)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(self.app, log_level="warning", timeout_graceful_shutdown=5)
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
+
+    @property
+    def runtime(self) -> Any:
+        return self.app.state.runtime
+
+    def start(self, wait_ready: bool = True, timeout: float = 60.0) -> LiveServer:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get(f"{self.url}/ready" if wait_ready else f"{self.url}/health")
+                if r.status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not become ready: phase={self.runtime.phase}")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(30)
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60, **kwargs)
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """The current value of one sample from /metrics (0 when absent)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(f"{self.url}/metrics").text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in (labels or {}).items()
+                ):
+                    return float(sample.value)
+        return 0.0
+
+
+ServerFactory = Callable[..., LiveServer]
+
+
+@pytest.fixture(scope="session")
+def server_factory() -> Iterator[ServerFactory]:
+    started: list[LiveServer] = []
+
+    def make(model: str, loader: Loader = default_loader, wait_ready: bool = True,
+             **overrides: Any) -> LiveServer:
+        settings = Settings(model=model, device="cpu", dtype="float32", **overrides)
+        server = LiveServer(settings, loader).start(wait_ready=wait_ready)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def xlmr_server(server_factory: ServerFactory, xlmr_dir: str) -> LiveServer:
+    return server_factory(xlmr_dir, served_model_name="test-xlmr")
+
+
+@pytest.fixture(scope="session")
+def bert_server(server_factory: ServerFactory, bert_dir: str) -> LiveServer:
+    return server_factory(bert_dir, served_model_name="test-bert")
+
+
+@pytest.fixture()
+def client(xlmr_server: LiveServer) -> Iterator[httpx.Client]:
+    with xlmr_server.client() as c:
+        yield c
+
