@@ -47,6 +47,11 @@ class Metrics:
             "Query-document pairs per forward pass.",
             buckets=_COUNT_BUCKETS, registry=r,
         )
+        self.batch_requests = Histogram(
+            "reranker_batch_requests",
+            "Distinct requests whose items share one forward pass (dynamic batching at work).",
+            buckets=_COUNT_BUCKETS, registry=r,
+        )
         self.batch_tokens = Histogram(
             "reranker_batch_tokens",
             "Tokens computed per forward pass (padded tokens when the backend pads).",

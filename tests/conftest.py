@@ -67,7 +67,8 @@ class LiveServer:
         self._thread.join(30)
 
     def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60, **kwargs)
+        kwargs.setdefault("timeout", 60)
+        return httpx.Client(base_url=self.url, **kwargs)
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         """The current value of one sample from /metrics (0 when absent)."""

@@ -46,6 +46,15 @@ async def on_validation_error(request: Request, exc: Exception) -> Response:
             status_code=400,
         )
     metrics.failures.labels(reason="invalid_request").inc()
+    content_type = request.headers.get("content-type", "")
+    if content_type and "json" not in content_type and any(
+        tuple(e.get("loc", ())) == ("body",) for e in errors
+    ):
+        return JSONBytes(
+            {"detail": f"unsupported content type {content_type!r}; send the body as JSON"
+             " with 'Content-Type: application/json'"},
+            status_code=415,
+        )
     compact = [
         {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
         for e in errors

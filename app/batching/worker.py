@@ -53,6 +53,7 @@ class Worker:
         ended = time.perf_counter()
         self._inference.observe(ended - started)
         self._metrics.batch_size.observe(len(batch.items))
+        self._metrics.batch_requests.observe(len({id(item.job) for item in batch.items}))
         self._metrics.batch_tokens.observe(batch.cost_tokens)
         self._metrics.padding_efficiency.observe(batch.real_tokens / max(1, batch.cost_tokens))
         self.scheduler.complete(batch, logits, started, ended)

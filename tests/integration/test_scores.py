@@ -44,7 +44,9 @@ def _assert_parity(server: LiveServer, model_dir: str, query: str, docs: list[st
 
 
 @pytest.mark.parametrize("family", ["xlmr", "bert"])
-def test_multilingual_scores_match_transformers(family: str, request: pytest.FixtureRequest) -> None:
+def test_multilingual_scores_match_transformers(
+    family: str, request: pytest.FixtureRequest
+) -> None:
     server = request.getfixturevalue(f"{family}_server")
     model_dir = request.getfixturevalue(f"{family}_dir")
     _assert_parity(server, model_dir, "Which planet is known as the Red Planet?", MULTILINGUAL)

@@ -1,0 +1,80 @@
+"""Test-only scorers: pure-Python fakes and wrappers that inject delay or failures."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+import numpy as np
+
+from app.config import Settings
+from app.engine.backends import Scorer
+from app.engine.loading import LoadedModel
+from app.runtime import Loader, default_loader
+
+
+class SumScorer:
+    """Logit = mean token id / 100: cheap, deterministic, and differs per input."""
+
+    device = "cpu"
+
+    def __init__(self, pads: bool = True, delay_s: float = 0.0) -> None:
+        self.pads = pads
+        self.delay_s = delay_s
+        self.batches: list[list[list[int]]] = []
+
+    def score(self, ids: Sequence[Sequence[int]], splits: Sequence[int]) -> np.ndarray:
+        self.batches.append([list(x) for x in ids])
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return np.array([sum(x) / max(1, len(x)) / 100 for x in ids], dtype=np.float32)
+
+
+class WrappedScorer:
+    """Delegates to a real scorer; optionally sleeps, or raises when a batch matches."""
+
+    def __init__(
+        self,
+        inner: Scorer,
+        *,
+        delay_s: float = 0.0,
+        fail_if: Callable[[Sequence[Sequence[int]]], bool] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.device = inner.device
+        self.pads = inner.pads
+        self.delay_s = delay_s
+        self.fail_if = fail_if
+        self.log: list[tuple[list[tuple[int, ...]], bool]] = []
+        self.lock = threading.Lock()
+
+    def score(self, ids: Sequence[Sequence[int]], splits: Sequence[int]) -> np.ndarray:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        failed = self.fail_if is not None and self.fail_if(ids)
+        with self.lock:
+            self.log.append(([tuple(x) for x in ids], failed))
+        if failed:
+            raise RuntimeError("injected failure: secret internals")
+        return self.inner.score(ids, splits)
+
+
+def wrapping_loader(
+    wrap: Callable[[Scorer], WrappedScorer],
+    gate: threading.Event | None = None,
+    base: Loader = default_loader,
+) -> tuple[Loader, list[WrappedScorer]]:
+    """A loader whose scorers are wrapped; with a gate, loading waits until it is set."""
+    made: list[WrappedScorer] = []
+
+    def load(settings: Settings) -> LoadedModel:
+        if gate is not None:
+            gate.wait(60)
+        loaded = base(settings)
+        wrapped = [wrap(s) for s in loaded.scorers]
+        made.extend(wrapped)
+        return replace(loaded, scorers=list(wrapped))
+
+    return load, made

@@ -1,0 +1,60 @@
+"""The error table and settings validation."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from app import errors
+from app.config import Settings
+
+
+def test_every_domain_error_has_a_status() -> None:
+    for cls in errors.RerankError.__subclasses__():
+        assert cls in errors.ERROR_TABLE, cls
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [
+        (errors.InvalidRequest("x"), 422),
+        (errors.ModelNotServed("x"), 404),
+        (errors.RequestTooLarge("x"), 413),
+        (errors.Unauthorized("x"), 401),
+        (errors.QueueFull("x", retry_after_s=2.4), 429),
+        (errors.NotReady("x", retry_after_s=0.2), 503),
+        (errors.InferenceFailed(), 500),
+    ],
+)
+def test_error_parts(exc: errors.RerankError, status: int) -> None:
+    got_status, headers, body = errors.error_response_parts(exc)
+    assert got_status == status
+    assert body == {"detail": exc.detail}
+    if exc.retry_after_s is not None:
+        assert int(headers["retry-after"]) >= 1
+    if status == 401:
+        assert headers["www-authenticate"] == "Bearer"
+
+
+def test_env_twins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RERANKER_API_KEYS", "a, b,,c")
+    monkeypatch.setenv("RERANKER_MAX_BATCH_TOKENS", "1234")
+    monkeypatch.setenv("RERANKER_DEVICE", "cuda:0,cuda:1")
+    s = Settings()
+    assert s.api_keys == ["a", "b", "c"]
+    assert s.max_batch_tokens == 1234
+    assert s.device == "cuda:0,cuda:1"
+    assert Settings(api_keys=["z"]).api_keys == ["z"]  # explicit values win over env
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:", "cuda:0,cpu", "cuda:x"])
+def test_bad_device_is_rejected(device: str) -> None:
+    with pytest.raises(ValidationError):
+        Settings(device=device)
+
+
+def test_served_name_and_aliases() -> None:
+    s = Settings(model="jinaai/jina-reranker-v2-base-multilingual")
+    assert s.served_name == "jinaai/jina-reranker-v2-base-multilingual"
+    assert "jina-reranker-v2-base-multilingual" in s.accepted_model_names
+    assert Settings(served_model_name="mine").accepted_model_names == {"mine"}

@@ -1,0 +1,170 @@
+"""Batch forming, waiting, dropping and failure isolation, with pure-Python fake scorers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from app.batching.scheduler import Scheduler
+from app.batching.worker import Worker
+from app.errors import InferenceFailed, QueueFull, RequestTooLarge
+from app.metrics import Metrics
+from tests.fakes import SumScorer
+
+
+def make(**kw: object) -> Scheduler:
+    args: dict[str, object] = dict(
+        max_batch_tokens=1000, max_wait_s=0.0, max_queue=1000, pads=True, metrics=Metrics()
+    )
+    args.update(kw)
+    return Scheduler(**args)  # type: ignore[arg-type]
+
+
+def pair(length: int, token: int = 1) -> tuple[list[int], int]:
+    return [token] * length, 1
+
+
+async def next_lengths(s: Scheduler) -> list[int]:
+    batch = await asyncio.to_thread(s.next_batch)
+    assert batch is not None
+    return [item.length for item in batch.items]
+
+
+async def test_padded_token_budget() -> None:
+    s = make(max_batch_tokens=35)
+    s.submit([pair(10)] * 10)
+    assert await next_lengths(s) == [10, 10, 10]
+    assert s.depth == 7
+
+
+async def test_packed_token_budget_counts_real_tokens() -> None:
+    s = make(max_batch_tokens=35, pads=False)
+    s.submit([pair(10), pair(20), pair(4), pair(30)])
+    # head 10, then its closest neighbours 4 and 20: 34 tokens packed
+    assert sorted(await next_lengths(s)) == [4, 10, 20]
+    assert await next_lengths(s) == [30]
+
+
+async def test_similar_lengths_share_a_batch_within_the_lookahead() -> None:
+    s = make(max_batch_tokens=320)
+    s.submit([pair(n) for n in (5, 100, 6, 101, 7, 102)])
+    assert await next_lengths(s) == [5, 6, 7]
+    assert await next_lengths(s) == [100, 101, 102]
+
+
+async def test_head_is_always_taken_so_nothing_starves() -> None:
+    s = make(max_batch_tokens=50, lookahead=4)
+    s.submit([pair(60)])  # longer than the whole budget: it still goes, alone
+    s.submit([pair(3)] * 5)
+    assert await next_lengths(s) == [60]
+    assert await next_lengths(s) == [3] * 4  # a batch never reaches past the look-ahead
+    assert await next_lengths(s) == [3]
+
+
+async def test_waits_up_to_max_wait_for_a_short_queue() -> None:
+    s = make(max_batch_tokens=100, max_wait_s=0.3)
+    s.submit([pair(10)])
+    t0 = time.perf_counter()
+    assert await next_lengths(s) == [10]
+    assert time.perf_counter() - t0 >= 0.25
+
+
+async def test_a_full_budget_does_not_wait() -> None:
+    s = make(max_batch_tokens=100, max_wait_s=5.0)
+    s.submit([pair(50)] * 3)
+    t0 = time.perf_counter()
+    assert await next_lengths(s) == [50, 50]
+    assert time.perf_counter() - t0 < 1.0
+
+
+async def test_items_that_arrive_while_waiting_join_the_batch() -> None:
+    s = make(max_batch_tokens=100, max_wait_s=0.5)
+    s.submit([pair(10)])
+    pending = asyncio.ensure_future(next_lengths(s))
+    await asyncio.sleep(0.1)
+    s.submit([pair(11)])
+    assert sorted(await pending) == [10, 11]
+
+
+async def test_abandoned_items_are_skipped_and_counted() -> None:
+    metrics = Metrics()
+    s = make(metrics=metrics)
+    gone = s.submit([pair(5, 1)] * 3)
+    kept = s.submit([pair(6, 2)] * 2)
+    gone.abandon()
+    batch = await asyncio.to_thread(s.next_batch)
+    assert batch is not None
+    assert {item.job for item in batch.items} == {kept}
+    assert metrics.items_dropped._value.get() == 3
+    assert s.depth == 0
+
+
+async def test_queue_full_is_429_and_oversized_request_is_413() -> None:
+    s = make(max_queue=5)
+    s.submit([pair(1)] * 3)
+    with pytest.raises(QueueFull) as full:
+        s.submit([pair(1)] * 3)
+    assert full.value.retry_after_s is not None
+    with pytest.raises(RequestTooLarge, match="max_queue=5"):
+        s.submit([pair(1)] * 6)
+    s.submit([pair(1)] * 2)  # what fits is still taken
+    assert s.depth == 5
+
+
+async def test_empty_request_resolves_at_once() -> None:
+    job = make().submit([])
+    assert (await job.future).shape == (0,)
+
+
+async def test_close_drains_then_stops() -> None:
+    s = make()
+    s.submit([pair(3)])
+    s.close()
+    assert await next_lengths(s) == [3]
+    assert await asyncio.to_thread(s.next_batch) is None
+
+
+async def test_worker_reassembles_each_request_in_order() -> None:
+    s = make(max_batch_tokens=12, max_wait_s=0.01)
+    scorer = SumScorer()
+    worker = Worker(s, scorer, Metrics())
+    worker.start()
+    jobs = [s.submit([pair(k % 3 + 1, token=100 * j + k) for k in range(7)]) for j in range(5)]
+    results = await asyncio.gather(*(job.future for job in jobs))
+    s.close()
+    worker.join(5)
+    for j, logits in enumerate(results):
+        np.testing.assert_allclose(logits, [(100 * j + k) / 100 for k in range(7)], rtol=1e-6)
+    assert len(scorer.batches) > 1
+    assert any(len({ids[0] // 100 for ids in b}) > 1 for b in scorer.batches), "no mixing"
+
+
+class FailOn(SumScorer):
+    def __init__(self, bad_token: int) -> None:
+        super().__init__()
+        self.bad_token = bad_token
+
+    def score(self, ids, splits):  # type: ignore[no-untyped-def]
+        if any(x[0] == self.bad_token for x in ids):
+            raise RuntimeError("boom")
+        return super().score(ids, splits)
+
+
+async def test_a_failed_batch_fails_only_its_requests() -> None:
+    s = make(max_batch_tokens=20, max_wait_s=0.0)
+    metrics = Metrics()
+    worker = Worker(s, FailOn(bad_token=7), metrics)
+    ok_before = s.submit([pair(20, token=1)])  # fills a batch alone
+    bad = s.submit([pair(10, token=7), pair(10, token=7)])  # exactly one batch
+    ok_after = s.submit([pair(20, token=2)])
+    worker.start()
+    assert (await ok_before.future).tolist() == pytest.approx([0.01])
+    with pytest.raises(InferenceFailed):
+        await bad.future
+    assert (await ok_after.future).tolist() == pytest.approx([0.02])
+    s.close()
+    worker.join(5)
+    assert metrics.failures.labels(reason="batch_error")._value.get() == 1
