@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(settings: Settings) -> int:
+    import signal
+
     import uvicorn
 
     from app.engine.loading import resolve_model_dir
@@ -107,6 +109,10 @@ def serve(settings: Settings) -> int:
         timeout_graceful_shutdown=30,
     )
     server = uvicorn.Server(config)
+    # uvicorn re-raises the signal that stopped it once it has drained; with these handlers a
+    # SIGTERM/SIGINT shutdown that drained cleanly ends the process with status 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     server.run()
     if failure:
         print(f"reranker: {failure[0]}", file=sys.stderr)

@@ -58,12 +58,18 @@ class RerankService:
         """Documents ranked by relevance to the query (score desc, then index asc), cut to top_n.
 
         A document longer than one model input is scored as the max over its windows.
-        Cancelling the caller drops the request's items that have not been scored yet.
+        Identical documents are scored once, so they tie exactly (a batch's row position can
+        change a float's last bit). Cancelling the caller drops its items not yet scored.
         """
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
+        first_seen: dict[str, int] = {}
+        slot = np.fromiter(
+            (first_seen.setdefault(text, len(first_seen)) for text in documents),
+            dtype=np.int64, count=len(documents),
+        )
         encoded: EncodedRequest = await loop.run_in_executor(
-            self._tokenizer_pool, self.encoder.encode, query, documents
+            self._tokenizer_pool, self.encoder.encode, query, list(first_seen)
         )
         tokenization_s = time.perf_counter() - t0
         self._metrics.tokenization_duration.observe(tokenization_s)
@@ -75,7 +81,8 @@ class RerankService:
             job.abandon()
             raise
 
-        doc_logits = _max_per_document(logits, [p.doc for p in encoded.pairs], len(documents))
+        unique_logits = _max_per_document(logits, [p.doc for p in encoded.pairs], len(first_seen))
+        doc_logits = unique_logits[slot]
         scores = sigmoid32(doc_logits)
         order = np.lexsort((np.arange(len(documents)), -scores))
         if top_n is not None:

@@ -33,9 +33,11 @@ def test_results_sorted_by_score_with_documents(client: httpx.Client, xlmr_dir: 
     assert body["usage"]["total_tokens"] == reference_tokens(xlmr_dir, QUERY, DOCS)
 
 
-def test_ties_are_ordered_by_index(client: httpx.Client) -> None:
+def test_ties_are_ordered_by_index(client: httpx.Client, xlmr_dir: str) -> None:
     docs = ["same text", "other", "same text", "same text"]
     body = client.post("/v1/rerank", json={"query": "q", "documents": docs}).json()
+    # identical documents are scored once: exact ties, and their tokens fed once
+    assert body["usage"]["total_tokens"] == reference_tokens(xlmr_dir, "q", ["same text", "other"])
     same = [x["index"] for x in body["results"] if docs[x["index"]] == "same text"]
     assert same == [0, 2, 3]
     assert len({x["relevance_score"] for x in body["results"] if x["index"] in same}) == 1

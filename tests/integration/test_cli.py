@@ -1,0 +1,103 @@
+"""The console script: flags and env twins, a clear start-up failure, and the README example."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from app.cli import _SERVE_FLAGS
+
+ROOT = Path(__file__).resolve().parents[2]
+RERANKER = [sys.executable, "-m", "app.cli"]
+
+
+def _run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*RERANKER, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_help_documents_every_flag_and_its_env_twin() -> None:
+    out = _run("serve", "--help").stdout
+    readme = (ROOT / "README.md").read_text()
+    for flag, field, _ in _SERVE_FLAGS:
+        env = "RERANKER_API_KEYS" if field == "api_keys" else f"RERANKER_{field.upper()}"
+        assert flag in out and env in out, flag
+        assert f"`{flag}`" in readme and f"`{env}`" in readme, f"README misses {flag}"
+
+
+@pytest.mark.parametrize(
+    ("model", "needle"),
+    [("nobody/no-such-reranker", "could not be downloaded"), ("./no/such/dir", "does not exist")],
+)
+def test_a_missing_model_exits_with_one_clear_line(model: str, needle: str) -> None:
+    result = _run("serve", "--model", model, env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("reranker:")]
+    assert model in line and needle in line
+    if not model.startswith("."):
+        assert "--model /path/to/dir" in line
+
+
+def test_bad_flag_value_is_rejected() -> None:
+    result = _run("serve", "--device", "gpu7")
+    assert result.returncode == 2 and "device" in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _readme_block(marker: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    match = re.search(rf"<!-- {marker} -->\s*```(?:bash|sh)\n(.*?)```", text, re.S)
+    assert match, f"README has no block marked {marker}"
+    return match.group(1)
+
+
+def test_readme_quickstart_works(tmp_path: Path) -> None:
+    """`reranker make-test-model`, `reranker serve`, then the README's curl example."""
+    model_dir = tmp_path / "tiny"
+    made = _run("make-test-model", str(model_dir), "--max-length", "128")
+    assert made.returncode == 0, made.stderr
+    port = _free_port()
+    server = subprocess.Popen(
+        [*RERANKER, "serve", "--model", str(model_dir), "--device", "cpu", "--port", str(port),
+         "--host", "127.0.0.1"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        curl = _readme_block("example: rerank").replace("localhost:8080", f"127.0.0.1:{port}")
+        out = subprocess.run(["bash", "-c", curl], capture_output=True, timeout=30, check=True)
+        body = orjson.loads(out.stdout)
+        assert [r["index"] for r in body["results"]] and body["usage"]["total_tokens"] > 0
+        assert shlex.split(curl)[0] == "curl"
+    finally:
+        server.terminate()
+        assert server.wait(30) == 0
