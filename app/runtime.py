@@ -70,7 +70,8 @@ class Runtime:
         return self.model
 
     async def start(self) -> None:
-        """Load, start one worker per device, warm up, then report ready."""
+        """Load, warm up each device, start one worker per device, then report ready once a
+        request has gone through the whole path."""
         try:
             log.info("loading model %s", self.settings.model)
             self.model = await asyncio.to_thread(self._loader, self.settings)
@@ -81,6 +82,7 @@ class Runtime:
                 pads=all(s.pads for s in self.model.scorers),
                 metrics=self.metrics,
             )
+            await asyncio.to_thread(self._warm_up_longest, self.model)
             self._workers = [
                 Worker(self._scheduler, scorer, self.metrics) for scorer in self.model.scorers
             ]
@@ -88,8 +90,7 @@ class Runtime:
                 worker.start()
             self._service = RerankService(self.model.encoder, self._scheduler, self.metrics)
             log.info("warming up")
-            long_doc = "warm up " * self.model.encoder.max_length
-            await self._service.rerank("warm up", ["warm up", long_doc])
+            await self._service.rerank("warm up", ["warm up"])
         except Exception as exc:
             self.phase = "failed"
             log.error("start-up failed: %s", exc)
@@ -100,6 +101,16 @@ class Runtime:
             self.phase = "ready"
             self.metrics.ready.set(1)
             log.info("ready: serving %s", self.settings.served_name)
+
+    @staticmethod
+    def _warm_up_longest(model: LoadedModel) -> None:
+        """One max-length forward per device, so the first real long input pays no set-up."""
+        encoder = model.encoder
+        query = encoder.encode_query("warm up")
+        window = [encoder.sep_id] * (encoder.max_length - len(query) - 2)
+        ids = encoder.pair_ids(query, window)
+        for scorer in model.scorers:
+            scorer.score([ids], [len(query)])
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         """Stop taking work, let workers drain the queue, and release threads."""

@@ -52,7 +52,7 @@ class LiveServer:
     def start(self, wait_ready: bool = True, timeout: float = 60.0) -> LiveServer:
         self._thread.start()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.runtime.phase != "failed":
             try:
                 r = httpx.get(f"{self.url}/ready" if wait_ready else f"{self.url}/health")
                 if r.status_code == 200:

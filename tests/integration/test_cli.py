@@ -101,3 +101,10 @@ def test_readme_quickstart_works(tmp_path: Path) -> None:
     finally:
         server.terminate()
         assert server.wait(30) == 0
+
+
+def test_an_unloadable_model_stops_the_server_with_status_1(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2", "num_labels": 1}')
+    result = _run("serve", "--model", str(tmp_path), "--port", str(_free_port()), timeout=60)
+    assert result.returncode == 1
+    assert "model_type 'gpt2' is not supported" in result.stderr.splitlines()[-1]

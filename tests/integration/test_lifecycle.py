@@ -99,3 +99,20 @@ def test_a_disconnected_clients_items_are_dropped(
     assert server.metric("reranker_queue_items") == 0
     with server.client() as c:
         assert c.post("/v1/rerank", json={"query": "q", "documents": ["a"]}).status_code == 200
+
+
+async def test_a_full_queue_answers_429_with_retry_after(
+    server_factory: ServerFactory, xlmr_dir: str
+) -> None:
+    loader, _ = wrapping_loader(lambda s: WrappedScorer(s, delay_s=0.05))
+    server = server_factory(xlmr_dir, loader=loader, max_queue=8, max_batch_tokens=64)
+    body = {"query": "q", "documents": [f"doc {j}" for j in range(4)]}
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        responses = await asyncio.gather(*(client.post("/v1/rerank", json=body) for _ in range(12)))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) == {200, 429}, statuses
+    for r in responses:
+        if r.status_code == 429:
+            assert int(r.headers["retry-after"]) >= 1
+            assert "max_queue=8" in r.json()["detail"]
+    assert server.metric("reranker_failures_total", {"reason": "queue_full"}) == statuses.count(429)
