@@ -19,7 +19,7 @@ _SERVE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--port", "port", {"type": int}),
     ("--device", "device", {}),
     ("--dtype", "dtype", {"choices": ["auto", "float32", "bfloat16", "float16"]}),
-    ("--backend", "backend", {"choices": ["auto", "transformers"]}),
+    ("--backend", "backend", {"choices": ["auto", "native", "transformers"]}),
     ("--max-batch-tokens", "max_batch_tokens", {"type": int}),
     ("--max-wait-ms", "max_wait_ms", {"type": float}),
     ("--max-queue", "max_queue", {"type": int}),

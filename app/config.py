@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 DEFAULT_MODEL = "jinaai/jina-reranker-v2-base-multilingual"
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
-Backend = Literal["auto", "transformers"]
+Backend = Literal["auto", "native", "transformers"]
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+(,cuda:\d+)*)$")
 
@@ -31,7 +31,11 @@ class Settings(BaseSettings):
     dtype: Dtype = Field(
         "auto", description="auto = bfloat16 on CUDA and on CPUs with native bf16, else float32."
     )
-    backend: Backend = Field("auto", description="Model backend.")
+    backend: Backend = Field(
+        "auto",
+        description="native (packed batches, both checkpoint namings; auto picks it) or"
+        " transformers (stock AutoModelForSequenceClassification, padded).",
+    )
     max_batch_tokens: int = Field(
         16384, ge=1, description="Token budget of one forward pass (padded tokens when padding)."
     )

@@ -24,7 +24,7 @@ Phase = Literal["starting", "ready", "stopping", "failed"]
 def default_loader(settings: Settings) -> LoadedModel:
     return load_model(
         settings.model, device=settings.device, dtype=settings.dtype,
-        cache_dir=settings.hf_cache_dir,
+        backend=settings.backend, cache_dir=settings.hf_cache_dir,
     )
 
 

@@ -134,3 +134,70 @@ def write_test_model(
     tokenizer.save_pretrained(out)
     model.save_pretrained(out)  # type: ignore[operator]
     return out
+
+
+_JINA_FROM_STOCK_LAYER = {
+    "attention.output.dense": "mixer.out_proj",
+    "attention.output.LayerNorm": "norm1",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+    "output.LayerNorm": "norm2",
+}
+
+
+def write_jina_checkpoint(
+    stock_dir: str | Path, out_dir: str | Path, *, as_bin: bool = False
+) -> Path:
+    """Re-save a stock XLM-R cross-encoder the way jina-reranker-v2 is published: flash-attention
+    parameter names, q/k/v stacked into `Wqkv`, and a config.json with no `model_type` whose
+    `auto_map` points at remote code (which is not shipped, and never run by this service)."""
+    import json
+    import re
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    stock, out = Path(stock_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = load_file(stock / "model.safetensors")
+    renamed: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for name, tensor in tensors.items():
+        name = name.replace("roberta.embeddings.LayerNorm.", "roberta.emb_ln.")
+        if m := re.fullmatch(r"roberta\.encoder\.layer\.(\d+)\.(.+)\.(weight|bias)", name):
+            index, part, kind = m[1], m[2], m[3]
+            if q := re.fullmatch(r"attention\.self\.(query|key|value)", part):
+                qkv.setdefault((index, kind), {})[q[1]] = tensor
+                continue
+            name = f"roberta.encoder.layers.{index}.{_JINA_FROM_STOCK_LAYER[part]}.{kind}"
+        renamed[name] = tensor.contiguous()
+    for (index, kind), parts in qkv.items():
+        renamed[f"roberta.encoder.layers.{index}.mixer.Wqkv.{kind}"] = torch.cat(
+            [parts["query"], parts["key"], parts["value"]]
+        )
+    if as_bin:
+        torch.save(renamed, out / "pytorch_model.bin")
+    else:
+        save_file(renamed, out / "model.safetensors", metadata={"format": "pt"})
+
+    config = json.loads((stock / "config.json").read_text())
+    for key in ("model_type", "transformers_version", "dtype", "torch_dtype"):
+        config.pop(key, None)
+    config.update(
+        architectures=["XLMRobertaForSequenceClassification"],
+        auto_map={
+            "AutoConfig": "configuration_xlm_roberta.XLMRobertaFlashConfig",
+            "AutoModelForSequenceClassification":
+                "modeling_xlm_roberta.XLMRobertaForSequenceClassification",
+        },
+        num_labels=1, use_flash_attn=True, position_embedding_type="absolute",
+    )
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    for name in ("tokenizer.json", "special_tokens_map.json"):
+        if (stock / name).exists():
+            shutil.copy(stock / name, out / name)
+    tok_config = json.loads((stock / "tokenizer_config.json").read_text())
+    tok_config["tokenizer_class"] = "XLMRobertaTokenizer"
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))
+    return out

@@ -11,7 +11,10 @@ from typing import Any
 import torch
 
 from app.engine.backends import Scorer, TransformersScorer
+from app.engine.modeling import CrossEncoder, EncoderConfig
+from app.engine.native import NativeScorer, pick_attention
 from app.engine.tokenize import Family, PairEncoder
+from app.engine.weights import check_complete, read_state_dict, to_native
 from app.errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -112,13 +115,20 @@ def read_config(model_dir: Path) -> dict[str, Any]:
 
 
 def model_family(config: dict[str, Any], model_dir: Path) -> Family:
+    """From `model_type`, or for checkpoints without one (jina's) from `architectures`."""
     model_type = config.get("model_type")
-    if model_type not in _FAMILIES:
-        raise ModelUnavailable(
-            f"{model_dir}: model_type {model_type!r} is not supported; this service serves"
-            " XLM-RoBERTa and BERT cross-encoders"
-        )
-    return _FAMILIES[model_type]
+    if model_type in _FAMILIES:
+        return _FAMILIES[model_type]
+    if model_type is None:
+        for arch in config.get("architectures") or []:
+            if "Roberta" in arch:
+                return "xlm-roberta"
+            if "Bert" in arch:
+                return "bert"
+    raise ModelUnavailable(
+        f"{model_dir}: model_type {model_type!r} is not supported; this service serves"
+        " XLM-RoBERTa and BERT cross-encoders"
+    )
 
 
 def max_input_length(config: dict[str, Any], family: Family, tokenizer: Any) -> int:
@@ -132,12 +142,74 @@ def max_input_length(config: dict[str, Any], family: Family, tokenizer: Any) -> 
     return positions
 
 
-def load_model(
-    model: str, *, device: str = "auto", dtype: str = "auto", cache_dir: str | None = None
-) -> LoadedModel:
-    """Tokenizer plus one scorer per device, ready to serve."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def load_tokenizer(model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
 
+    try:
+        # trust_remote_code=False, said explicitly: a config with `auto_map` would otherwise
+        # make transformers ask on stdin whether to run the repository's code.
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, use_fast=True, trust_remote_code=False)
+    except Exception as exc:
+        raise ModelUnavailable(f"{model_dir}: cannot load the tokenizer ({exc})") from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelUnavailable(f"{model_dir}: a fast (tokenizers) tokenizer is required")
+    return tokenizer
+
+
+def load_native(
+    model_dir: Path, config: dict[str, Any], family: Family, devices: list[str], dtype: str
+) -> list[NativeScorer]:
+    """Native encoders (either checkpoint naming), one per device, weights read once."""
+    try:
+        cfg = EncoderConfig.from_hf(config, family)
+        native = to_native(read_state_dict(model_dir), family)
+        with torch.device("meta"):
+            expected = {k: v.shape for k, v in CrossEncoder(cfg).state_dict().items()}
+        check_complete(native, expected)
+    except (ValueError, KeyError, OSError) as exc:
+        raise ModelUnavailable(f"{model_dir}: cannot load the checkpoint: {exc}") from exc
+    scorers: list[NativeScorer] = []
+    for dev in devices:
+        with torch.device("meta"):
+            net = CrossEncoder(cfg)
+        net.load_state_dict({k: native[k] for k in expected}, strict=True, assign=True)
+        net.to(device=dev, dtype=_DTYPES[dtype]).eval()
+        scorers.append(NativeScorer(net, dev, pick_attention(dev, _DTYPES[dtype])))
+    return scorers
+
+
+def load_transformers(
+    model_dir: Path, config: dict[str, Any], family: Family, devices: list[str], dtype: str,
+    pad_id: int,
+) -> list[Scorer]:
+    """Stock AutoModelForSequenceClassification: the fallback for any one-label model."""
+    from transformers import AutoModelForSequenceClassification
+
+    if "model_type" not in config:
+        raise ModelUnavailable(
+            f"{model_dir}: config.json has no model_type (a custom-code checkpoint such as"
+            " jina-reranker-v2); the transformers backend would need trust_remote_code, which"
+            " this service never uses: use --backend native"
+        )
+    scorers: list[Scorer] = []
+    for dev in devices:
+        try:
+            net = AutoModelForSequenceClassification.from_pretrained(
+                model_dir, dtype=_DTYPES[dtype], attn_implementation="sdpa",
+                trust_remote_code=False,
+            )
+        except Exception as exc:
+            raise ModelUnavailable(f"{model_dir}: cannot load the weights ({exc})") from exc
+        net.to(dev).eval()
+        scorers.append(TransformersScorer(net, family, dev, pad_id))
+    return scorers
+
+
+def load_model(
+    model: str, *, device: str = "auto", dtype: str = "auto", backend: str = "auto",
+    cache_dir: str | None = None,
+) -> LoadedModel:
+    """Tokenizer plus one scorer per device, ready to serve. Runs no code from the model."""
     model_dir = resolve_model_dir(model, cache_dir)
     config = read_config(model_dir)
     family = model_family(config, model_dir)
@@ -149,29 +221,24 @@ def load_model(
         )
     devices = resolve_devices(device)
     dtype_name = resolve_dtype(dtype, devices)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, use_fast=True)
-    except Exception as exc:
-        raise ModelUnavailable(f"{model_dir}: cannot load the tokenizer ({exc})") from exc
-    if not getattr(tokenizer, "is_fast", False):
-        raise ModelUnavailable(f"{model_dir}: a fast (tokenizers) tokenizer is required")
+    tokenizer = load_tokenizer(model_dir)
     encoder = PairEncoder(tokenizer, family, max_input_length(config, family, tokenizer))
-
-    scorers: list[Scorer] = []
-    for dev in devices:
-        try:
-            net = AutoModelForSequenceClassification.from_pretrained(
-                model_dir, dtype=_DTYPES[dtype_name], attn_implementation="sdpa"
-            )
-        except Exception as exc:
-            raise ModelUnavailable(f"{model_dir}: cannot load the weights ({exc})") from exc
-        net.to(dev).eval()
-        scorers.append(TransformersScorer(net, family, dev, tokenizer.pad_token_id))
+    chosen = "native" if backend == "auto" else backend
+    scorers: list[Scorer]
+    attention: str
+    if chosen == "native":
+        native = load_native(model_dir, config, family, devices, dtype_name)
+        scorers, attention = list(native), native[0].attention
+    else:
+        scorers = load_transformers(
+            model_dir, config, family, devices, dtype_name, tokenizer.pad_token_id
+        )
+        attention = "sdpa-padded"
     log.info(
-        "loaded %s (%s, max input %d tokens) on %s in %s, backend transformers, attention sdpa",
-        model_dir, family, encoder.max_length, ",".join(devices), dtype_name,
+        "loaded %s (%s, max input %d tokens) on %s in %s: backend %s, attention %s",
+        model_dir, family, encoder.max_length, ",".join(devices), dtype_name, chosen, attention,
     )
     return LoadedModel(
         encoder=encoder, scorers=scorers, model_dir=model_dir, dtype=dtype_name,
-        devices=devices, backend="transformers", attention="sdpa",
+        devices=devices, backend=chosen, attention=attention,
     )

@@ -1,0 +1,173 @@
+"""A native cross-encoder for the XLM-RoBERTa and BERT families that runs packed batches.
+
+A batch is one flat `[total_tokens, hidden]` tensor plus `cu_seqlens`: embeddings, linears,
+LayerNorm and GELU touch real tokens only. Attention is the one op that needs sequences apart:
+flash-attn's varlen kernel takes the packed layout as is; PyTorch SDPA gets a padded view built
+inside the attention call and dropped right after.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Family = Literal["xlm-roberta", "bert"]
+AttentionPath = Literal["flash-attn-varlen", "sdpa"]
+
+_GELU_APPROX = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    family: Family
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_positions: int
+    type_vocab_size: int
+    pad_token_id: int
+    layer_norm_eps: float
+    gelu_approximate: str
+
+    @classmethod
+    def from_hf(cls, config: dict[str, Any], family: Family) -> EncoderConfig:
+        """Sizes straight from config.json (stock or jina's, which has no model_type)."""
+        act = config.get("hidden_act", "gelu")
+        if act not in _GELU_APPROX:
+            raise ValueError(f"hidden_act {act!r} is not supported (gelu, gelu_new)")
+        if config.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError("only absolute position embeddings are supported")
+        hidden = int(config["hidden_size"])
+        heads = int(config["num_attention_heads"])
+        if hidden % heads:
+            raise ValueError(f"hidden_size {hidden} is not divisible by {heads} heads")
+        return cls(
+            family=family,
+            vocab_size=int(config["vocab_size"]),
+            hidden_size=hidden,
+            num_layers=int(config["num_hidden_layers"]),
+            num_heads=heads,
+            intermediate_size=int(config["intermediate_size"]),
+            max_positions=int(config["max_position_embeddings"]),
+            type_vocab_size=int(config.get("type_vocab_size", 2 if family == "bert" else 1)),
+            pad_token_id=int(config.get("pad_token_id", 1 if family == "xlm-roberta" else 0)),
+            layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
+            gelu_approximate=_GELU_APPROX[act],
+        )
+
+    @property
+    def position_offset(self) -> int:
+        """XLM-R numbers positions from padding_idx + 1; BERT from 0."""
+        return self.pad_token_id + 1 if self.family == "xlm-roberta" else 0
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    """Flat token tensors of a batch plus the index maps attention needs."""
+
+    input_ids: torch.Tensor  # [T] int64
+    position_ids: torch.Tensor  # [T] int64
+    token_type_ids: torch.Tensor | None  # [T] int64
+    cu_seqlens: torch.Tensor  # [B + 1] int32
+    max_seqlen: int
+    batch_index: torch.Tensor  # [T] int64: which sequence each token belongs to
+    seq_index: torch.Tensor  # [T] int64: its position inside that sequence
+    key_mask: torch.Tensor | None  # [B, 1, 1, L] bool, None when all lengths are equal
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.position_embeddings = nn.Embedding(cfg.max_positions, cfg.hidden_size)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        x: torch.Tensor = self.word_embeddings(batch.input_ids)
+        x = x + self.position_embeddings(batch.position_ids)
+        if batch.token_type_ids is None:
+            return x + self.token_type_embeddings.weight[0]
+        types: torch.Tensor = self.token_type_embeddings(batch.token_type_ids)
+        return x + types
+
+
+class Layer(nn.Module):
+    """Post-LayerNorm transformer block with a fused QKV projection."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        h = cfg.hidden_size
+        self.num_heads = cfg.num_heads
+        self.gelu_approximate = cfg.gelu_approximate
+        self.Wqkv = nn.Linear(h, 3 * h)
+        self.out_proj = nn.Linear(h, h)
+        self.norm1 = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
+        self.fc1 = nn.Linear(h, cfg.intermediate_size)
+        self.fc2 = nn.Linear(cfg.intermediate_size, h)
+        self.norm2 = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, batch: PackedBatch, path: AttentionPath) -> torch.Tensor:
+        qkv = self.Wqkv(x).view(x.shape[0], 3, self.num_heads, -1)
+        attn = attention(qkv, batch, path).reshape(x.shape)
+        x = self.norm1(x + self.out_proj(attn))
+        mlp = self.fc2(F.gelu(self.fc1(x), approximate=self.gelu_approximate))
+        out: torch.Tensor = self.norm2(x + mlp)
+        return out
+
+
+class Head(nn.Module):
+    """logit = out_proj(tanh(dense(h[CLS]))): XLM-R's classifier and BERT's pooler+classifier."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.out_proj = nn.Linear(cfg.hidden_size, 1)
+
+    def forward(self, cls: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.out_proj(torch.tanh(self.dense(cls)))
+        return out
+
+
+class CrossEncoder(nn.Module):
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embeddings = Embeddings(cfg)
+        self.emb_ln = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
+        self.head = Head(cfg)
+
+    def forward(self, batch: PackedBatch, path: AttentionPath) -> torch.Tensor:
+        """Raw logits, one per sequence, float32."""
+        x: torch.Tensor = self.emb_ln(self.embeddings(batch))
+        for layer in self.layers:
+            x = layer(x, batch, path)
+        logits: torch.Tensor = self.head(x[batch.cu_seqlens[:-1].long()])
+        return logits[:, 0].float()
+
+
+def attention(qkv: torch.Tensor, batch: PackedBatch, path: AttentionPath) -> torch.Tensor:
+    """Bidirectional attention over packed `qkv` [T, 3, heads, head_dim] -> [T, heads, head_dim]."""
+    if path == "flash-attn-varlen":
+        from flash_attn import flash_attn_varlen_qkvpacked_func
+
+        out: torch.Tensor = flash_attn_varlen_qkvpacked_func(
+            qkv, batch.cu_seqlens, batch.max_seqlen, dropout_p=0.0, causal=False
+        )
+        return out
+    n_seqs = batch.cu_seqlens.shape[0] - 1
+    if batch.key_mask is None:  # equal lengths: a plain reshape, no padding at all
+        q, k, v = qkv.view(n_seqs, batch.max_seqlen, *qkv.shape[1:]).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+        return out.reshape(qkv.shape[0], *qkv.shape[2:])
+    padded = qkv.new_zeros(n_seqs, batch.max_seqlen, *qkv.shape[1:])
+    padded[batch.batch_index, batch.seq_index] = qkv
+    q, k, v = padded.permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.key_mask)
+    return out.transpose(1, 2)[batch.batch_index, batch.seq_index]

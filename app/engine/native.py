@@ -1,0 +1,85 @@
+"""The native backend: packs a batch of token-id lists and runs the native cross-encoder."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from app.engine.modeling import AttentionPath, CrossEncoder, PackedBatch
+
+
+def pick_attention(device: str, dtype: torch.dtype) -> AttentionPath:
+    """flash-attn's varlen kernel where it can run (CUDA, half precision, installed), else SDPA."""
+    if (
+        device.startswith("cuda")
+        and dtype in (torch.float16, torch.bfloat16)
+        and importlib.util.find_spec("flash_attn") is not None
+    ):
+        return "flash-attn-varlen"
+    return "sdpa"
+
+
+def pack(
+    ids: Sequence[Sequence[int]],
+    splits: Sequence[int],
+    *,
+    position_offset: int,
+    token_types: bool,
+    device: torch.device,
+) -> PackedBatch:
+    """Flatten a batch; index maps are built with numpy, then moved to the device at once."""
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    total = int(lengths.sum())
+    starts = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    batch_index = np.repeat(np.arange(len(ids)), lengths)
+    seq_index = np.arange(total) - starts[batch_index]
+    flat = np.fromiter((t for seq in ids for t in seq), dtype=np.int64, count=total)
+    max_len = int(lengths.max())
+
+    def put(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(device, non_blocking=True)
+
+    types = None
+    if token_types:
+        types = put((seq_index >= np.asarray(splits, dtype=np.int64)[batch_index]).astype(np.int64))
+    key_mask = None
+    if lengths.min() != max_len:
+        key_mask = put(np.arange(max_len)[None, :] < lengths[:, None])[:, None, None, :]
+    return PackedBatch(
+        input_ids=put(flat),
+        position_ids=put(seq_index + position_offset),
+        token_type_ids=types,
+        cu_seqlens=put(starts.astype(np.int32)),
+        max_seqlen=max_len,
+        batch_index=put(batch_index),
+        seq_index=put(seq_index),
+        key_mask=key_mask,
+    )
+
+
+class NativeScorer:
+    """Packed (unpadded) batches: the scheduler's token budget counts real tokens."""
+
+    pads = False
+
+    def __init__(self, model: CrossEncoder, device: str, attention: AttentionPath) -> None:
+        self.model = model
+        self.device = device
+        self.attention: AttentionPath = attention
+        self._torch_device = torch.device(device)
+        cfg = model.cfg
+        self._offset = cfg.position_offset
+        self._token_types = cfg.family == "bert" and cfg.type_vocab_size > 1
+
+    def score(self, ids: Sequence[Sequence[int]], splits: Sequence[int]) -> np.ndarray:
+        with torch.inference_mode():
+            batch = pack(
+                ids, splits, position_offset=self._offset, token_types=self._token_types,
+                device=self._torch_device,
+            )
+            result: np.ndarray = self.model(batch, self.attention).cpu().numpy()
+        return result
