@@ -7,6 +7,7 @@ those of a real XLM-RoBERTa (jina-reranker-v2's family) or BERT cross-encoder.
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -132,6 +133,14 @@ def write_test_model(
         )
         model = BertForSequenceClassification(config)
     tokenizer.save_pretrained(out)
+    # Name the family's own tokenizer class, as published checkpoints do, so transformers
+    # loads it with that family's normalisation and pre-tokenisation rules.
+    tok_config_path = out / "tokenizer_config.json"
+    tok_config = json.loads(tok_config_path.read_text())
+    tok_config["tokenizer_class"] = (
+        "XLMRobertaTokenizer" if family == "xlm-roberta" else "BertTokenizer"
+    )
+    tok_config_path.write_text(json.dumps(tok_config, indent=2))
     model.save_pretrained(out)  # type: ignore[operator]
     return out
 
@@ -151,7 +160,6 @@ def write_jina_checkpoint(
     """Re-save a stock XLM-R cross-encoder the way jina-reranker-v2 is published: flash-attention
     parameter names, q/k/v stacked into `Wqkv`, and a config.json with no `model_type` whose
     `auto_map` points at remote code (which is not shipped, and never run by this service)."""
-    import json
     import re
     import shutil
 
@@ -197,7 +205,5 @@ def write_jina_checkpoint(
     for name in ("tokenizer.json", "special_tokens_map.json"):
         if (stock / name).exists():
             shutil.copy(stock / name, out / name)
-    tok_config = json.loads((stock / "tokenizer_config.json").read_text())
-    tok_config["tokenizer_class"] = "XLMRobertaTokenizer"
-    (out / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))
+    shutil.copy(stock / "tokenizer_config.json", out / "tokenizer_config.json")
     return out

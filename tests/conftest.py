@@ -15,7 +15,7 @@ import uvicorn
 from app.config import Settings
 from app.main import create_app
 from app.runtime import Loader, default_loader
-from app.testmodel import write_test_model
+from app.testmodel import write_jina_checkpoint, write_test_model
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +26,17 @@ def xlmr_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(write_test_model(tmp_path_factory.mktemp("bert"), "bert", max_length=128))
+
+
+@pytest.fixture(scope="session")
+def jina_dir(xlmr_dir: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The XLM-R test model's weights saved in jina-reranker-v2's naming (no model_type)."""
+    return str(write_jina_checkpoint(xlmr_dir, tmp_path_factory.mktemp("jina")))
+
+
+@pytest.fixture(scope="session")
+def jina_bin_dir(xlmr_dir: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(write_jina_checkpoint(xlmr_dir, tmp_path_factory.mktemp("jina-bin"), as_bin=True))
 
 
 class LiveServer:
@@ -111,6 +122,11 @@ def xlmr_server(server_factory: ServerFactory, xlmr_dir: str) -> LiveServer:
 @pytest.fixture(scope="session")
 def bert_server(server_factory: ServerFactory, bert_dir: str) -> LiveServer:
     return server_factory(bert_dir, served_model_name="test-bert")
+
+
+@pytest.fixture(scope="session")
+def jina_server(server_factory: ServerFactory, jina_dir: str) -> LiveServer:
+    return server_factory(jina_dir, served_model_name="test-jina")
 
 
 @pytest.fixture()

@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import LiveServer
 from tests.reference import reference_pairs, reference_scores, reference_tokens
 
-TOL = 1e-4
+TOL = 1e-5
 
 MULTILINGUAL = [
     "Mars, known for its reddish appearance, is often referred to as the Red Planet.",
@@ -43,21 +43,25 @@ def _assert_parity(server: LiveServer, model_dir: str, query: str, docs: list[st
     assert body["usage"]["total_tokens"] == reference_tokens(model_dir, query, docs)
 
 
-@pytest.mark.parametrize("family", ["xlmr", "bert"])
+# (server fixture, directory of the same weights in stock naming for the reference)
+SERVERS = [("xlmr_server", "xlmr_dir"), ("jina_server", "xlmr_dir"), ("bert_server", "bert_dir")]
+
+
+@pytest.mark.parametrize(("server_name", "ref_dir"), SERVERS)
 def test_multilingual_scores_match_transformers(
-    family: str, request: pytest.FixtureRequest
+    server_name: str, ref_dir: str, request: pytest.FixtureRequest
 ) -> None:
-    server = request.getfixturevalue(f"{family}_server")
-    model_dir = request.getfixturevalue(f"{family}_dir")
+    server = request.getfixturevalue(server_name)
+    model_dir = request.getfixturevalue(ref_dir)
     _assert_parity(server, model_dir, "Which planet is known as the Red Planet?", MULTILINGUAL)
 
 
-@pytest.mark.parametrize("family", ["xlmr", "bert"])
+@pytest.mark.parametrize(("server_name", "ref_dir"), SERVERS)
 def test_long_documents_are_windowed_not_truncated(
-    family: str, request: pytest.FixtureRequest
+    server_name: str, ref_dir: str, request: pytest.FixtureRequest
 ) -> None:
-    server = request.getfixturevalue(f"{family}_server")
-    model_dir = request.getfixturevalue(f"{family}_dir")
+    server = request.getfixturevalue(server_name)
+    model_dir = request.getfixturevalue(ref_dir)
     query = "red spot"
     docs = [_long_doc(40), _long_doc(300), _long_doc(1200), "short one"]
     assert len(reference_pairs(model_dir, query, docs[2])) > 5  # really several windows
