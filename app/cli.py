@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -55,17 +56,22 @@ def _parser() -> argparse.ArgumentParser:
     make.add_argument("out_dir", help="directory to write")
     make.add_argument("--family", choices=["xlm-roberta", "bert"], default="xlm-roberta")
     make.add_argument("--max-length", type=int, default=512)
+    make.add_argument(
+        "--naming", choices=["stock", "jina"], default="stock",
+        help="jina: save like jina-reranker-v2 (no model_type, flash-attention tensor names);"
+        " xlm-roberta only",
+    )
+    make.add_argument(
+        "--full-size", action="store_true",
+        help="jina-reranker-v2's shapes (12 layers, hidden 768, vocab 250002), for benchmarks",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "make-test-model":
-        from app.testmodel import write_test_model
-
-        out = write_test_model(args.out_dir, args.family, max_length=args.max_length)
-        print(f"wrote a random {args.family} cross-encoder to {out}")
-        return 0
+        return make_test_model(args)
     overrides = {f: getattr(args, f) for _, f, _ in _SERVE_FLAGS if getattr(args, f) is not None}
     try:
         settings = Settings(**overrides)
@@ -75,6 +81,32 @@ def main(argv: list[str] | None = None) -> int:
             print(f"reranker: invalid {where}: {err['msg']}", file=sys.stderr)
         return 2
     return serve(settings)
+
+
+def make_test_model(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from app.testmodel import write_jina_checkpoint, write_test_model
+
+    if args.naming == "jina" and args.family != "xlm-roberta":
+        print("reranker: --naming jina is for --family xlm-roberta", file=sys.stderr)
+        return 2
+    full = args.full_size
+
+    def write(out_dir: str) -> Path:
+        return write_test_model(
+            out_dir, args.family, max_length=args.max_length, hidden=768 if full else 32,
+            layers=12 if full else 2, heads=12 if full else 4,
+            model_vocab_size=250002 if full else None,
+        )
+
+    if args.naming == "jina":
+        with tempfile.TemporaryDirectory() as stock:
+            out = write_jina_checkpoint(write(stock), args.out_dir)
+    else:
+        out = write(args.out_dir)
+    print(f"wrote a random {args.family} cross-encoder ({args.naming} naming) to {out}")
+    return 0
 
 
 def serve(settings: Settings) -> int:

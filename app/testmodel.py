@@ -49,24 +49,39 @@ def _corpus() -> list[str]:
     return list(itertools.chain(_CORPUS * 4, shuffled))
 
 
-def _xlmr_tokenizer(vocab_size: int, max_length: int) -> Any:
-    from tokenizers import processors
-    from tokenizers.implementations import SentencePieceUnigramTokenizer
+def _xlmr_tokenizer(max_length: int) -> Any:
+    """A SentencePiece-style unigram tokenizer whose piece scores are the corpus's unigram
+    log-frequencies: known words become one piece, anything else falls back to characters."""
+    import math
+    import re
+    from collections import Counter
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    raw = SentencePieceUnigramTokenizer()
-    raw.train_from_iterator(
-        iter(_corpus()), vocab_size=vocab_size, show_progress=False,
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>"], unk_token="<unk>",
-    )
-    raw.add_special_tokens(["<mask>"])
+    words: Counter[str] = Counter()
+    chars: Counter[str] = Counter()
+    for line in _corpus():
+        for piece in re.findall(r"\w+|[^\w\s]", line):
+            words["▁" + piece] += 1
+            chars.update(piece)
+    total = sum(words.values()) + sum(chars.values())
+    vocab: dict[str, float] = {"<s>": 0.0, "<pad>": 0.0, "</s>": 0.0, "<unk>": 0.0}
+    for piece, count in words.most_common():
+        vocab[piece] = math.log(count / total)
+    vocab.setdefault("▁", math.log(1 / total))
+    for char, count in chars.most_common():
+        vocab.setdefault(char, math.log(count / total) - 8.0)  # fallback pieces cost more
+    raw = Tokenizer(models.Unigram(list(vocab.items()), unk_id=3, byte_fallback=False))
+    raw.pre_tokenizer = pre_tokenizers.Metaspace()
+    raw.add_special_tokens(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     raw.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>",
         pair="<s> $A </s> </s> $B </s>",
         special_tokens=[("<s>", 0), ("</s>", 2)],
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=raw._tokenizer, model_max_length=max_length,
+        tokenizer_object=raw, model_max_length=max_length,
         bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
         unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
     )
@@ -103,9 +118,15 @@ def write_test_model(
     layers: int = 2,
     heads: int = 4,
     vocab_size: int = 1500,
+    model_vocab_size: int | None = None,
+    intermediate: int | None = None,
     seed: int = 0,
 ) -> Path:
-    """Write tokenizer, config and random weights (model.safetensors) to `out_dir`."""
+    """Write tokenizer, config and random weights (model.safetensors) to `out_dir`.
+
+    `model_vocab_size` makes the embedding table larger than the trained tokenizer's vocabulary
+    (250002 gives jina-reranker-v2's full shapes for benchmarks).
+    """
     import torch
     from transformers import BertConfig, BertForSequenceClassification, XLMRobertaConfig
     from transformers import XLMRobertaForSequenceClassification as XLMRModel
@@ -115,20 +136,20 @@ def write_test_model(
     torch.manual_seed(seed)
     common: dict[str, Any] = dict(
         hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=4 * hidden, num_labels=1, initializer_range=0.2,
+        intermediate_size=intermediate or 4 * hidden, num_labels=1, initializer_range=0.2,
         hidden_act="gelu", layer_norm_eps=1e-5,
     )
     if family == "xlm-roberta":
-        tokenizer = _xlmr_tokenizer(vocab_size, max_length)
+        tokenizer = _xlmr_tokenizer(max_length)
         config: Any = XLMRobertaConfig(
-            vocab_size=len(tokenizer), max_position_embeddings=max_length + 2,
+            vocab_size=model_vocab_size or len(tokenizer), max_position_embeddings=max_length + 2,
             type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2, **common,
         )
         model: torch.nn.Module = XLMRModel(config)
     else:
         tokenizer = _bert_tokenizer(vocab_size, max_length)
         config = BertConfig(
-            vocab_size=len(tokenizer), max_position_embeddings=max_length,
+            vocab_size=model_vocab_size or len(tokenizer), max_position_embeddings=max_length,
             type_vocab_size=2, pad_token_id=0, **common,
         )
         model = BertForSequenceClassification(config)

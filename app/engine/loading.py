@@ -12,7 +12,7 @@ import torch
 
 from app.engine.backends import Scorer, TransformersScorer
 from app.engine.modeling import CrossEncoder, EncoderConfig
-from app.engine.native import NativeScorer, pick_attention
+from app.engine.native import NativeScorer, checked_attention
 from app.engine.tokenize import Family, PairEncoder
 from app.engine.weights import check_complete, read_state_dict, to_native
 from app.errors import ModelUnavailable
@@ -174,7 +174,7 @@ def load_native(
             net = CrossEncoder(cfg)
         net.load_state_dict({k: native[k] for k in expected}, strict=True, assign=True)
         net.to(device=dev, dtype=_DTYPES[dtype]).eval()
-        scorers.append(NativeScorer(net, dev, pick_attention(dev, _DTYPES[dtype])))
+        scorers.append(NativeScorer(net, dev, checked_attention(dev, _DTYPES[dtype])))
     return scorers
 
 

@@ -3,23 +3,52 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from app.engine.modeling import AttentionPath, CrossEncoder, PackedBatch
+from app.engine.modeling import AttentionPath, CrossEncoder, PackedBatch, attention
+
+log = logging.getLogger(__name__)
 
 
 def pick_attention(device: str, dtype: torch.dtype) -> AttentionPath:
-    """flash-attn's varlen kernel where it can run (CUDA, half precision, installed), else SDPA."""
-    if (
-        device.startswith("cuda")
-        and dtype in (torch.float16, torch.bfloat16)
-        and importlib.util.find_spec("flash_attn") is not None
-    ):
-        return "flash-attn-varlen"
-    return "sdpa"
+    """The fastest exact attention for the device: see app/engine/modeling.py."""
+    if not device.startswith("cuda"):
+        return "sdpa-per-sequence"
+    if dtype in (torch.float16, torch.bfloat16):
+        if importlib.util.find_spec("flash_attn") is not None:
+            return "flash-attn-varlen"
+        if importlib.util.find_spec("torch.nn.attention.varlen") is not None:
+            return "torch-varlen"
+    return "sdpa-padded"
+
+
+def checked_attention(device: str, dtype: torch.dtype) -> AttentionPath:
+    """`pick_attention`, but a fused kernel must first agree with padded SDPA on random input;
+    one that fails or disagrees (an incompatible build, say) is logged and not used."""
+    path = pick_attention(device, dtype)
+    if path not in ("flash-attn-varlen", "torch-varlen"):
+        return path
+    generator = torch.Generator().manual_seed(0)
+    lengths = [[1, 37, 200], [64, 64]]
+    try:
+        for case in lengths:
+            batch = pack(
+                [[5] * n for n in case], [1] * len(case), position_offset=0, token_types=False,
+                device=torch.device(device),
+            )
+            qkv = torch.randn(sum(case), 3, 4, 64, generator=generator).to(device, dtype)
+            got = attention(qkv, batch, path).float()
+            want = attention(qkv.float(), batch, "sdpa-padded")
+            if not torch.allclose(got, want, atol=2e-2, rtol=2e-2):
+                raise ValueError(f"max difference {(got - want).abs().max().item():.3g}")
+    except Exception as exc:
+        log.warning("attention path %s failed its self-check (%s); using sdpa-padded", path, exc)
+        return "sdpa-padded"
+    return path
 
 
 def pack(
@@ -55,6 +84,7 @@ def pack(
         token_type_ids=types,
         cu_seqlens=put(starts.astype(np.int32)),
         max_seqlen=max_len,
+        spans=list(zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True)),
         batch_index=put(batch_index),
         seq_index=put(seq_index),
         key_mask=key_mask,

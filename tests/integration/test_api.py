@@ -185,7 +185,7 @@ def test_models_reports_what_is_served(client: httpx.Client) -> None:
     assert card["id"] == "test-xlmr"
     assert card["max_input_length"] == 128
     assert card["dtype"] == "float32" and card["devices"] == ["cpu"]
-    assert card["backend"] == "native" and card["attention"] == "sdpa"
+    assert card["backend"] == "native" and card["attention"] == "sdpa-per-sequence"
 
 
 def test_health_ready_docs(client: httpx.Client) -> None:

@@ -93,7 +93,7 @@ def test_jina_checkpoint_has_no_code_and_no_model_type(jina_dir: str) -> None:
     config = json.loads((Path(jina_dir) / "config.json").read_text())
     assert "model_type" not in config and "auto_map" in config
     loaded = load_model(jina_dir, device="cpu", dtype="float32")
-    assert loaded.backend == "native" and loaded.attention == "sdpa"
+    assert loaded.backend == "native" and loaded.attention == "sdpa-per-sequence"
     assert loaded.encoder.max_length == 128
 
 

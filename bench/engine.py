@@ -1,0 +1,146 @@
+"""In-process engine benchmark: native vs transformers backend on the same pairs, same batches.
+
+    .venv/bin/python -m bench.engine [--pairs 96] [--rounds 2] [--dtype bfloat16]
+
+Generates (once, cached under --model-dir) a random model with jina-reranker-v2's shapes
+(12 layers, hidden 768, 12 heads, vocab 250002, max length 1024), tokenizes a fixed-seed
+RAG-like mix of pairs (queries 5-25 words, documents 20-400 words, 5% of 1000-3000 words,
+windowed like the service does), and runs the backends alternately (A B A B) over batches
+formed like the scheduler forms them (length-sorted look-ahead, token budget, padded cost for
+the padding backend). Reports pairs/s, tokens/s, and the achieved FLOP rate against this
+machine's measured bf16/fp32 matmul rate (the ceiling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from app.engine.backends import Scorer
+from app.engine.loading import load_model
+from app.engine.tokenize import Pair
+from bench.workload import make_pairs
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def ensure_model(model_dir: Path) -> Path:
+    if not (model_dir / "config.json").exists():
+        from app.testmodel import write_test_model
+
+        print(f"writing a full-size random model to {model_dir} ...", flush=True)
+        write_test_model(
+            model_dir, "xlm-roberta", max_length=1024, hidden=768, layers=12, heads=12,
+            model_vocab_size=250002,
+        )
+    return model_dir
+
+
+def form_batches(
+    pairs: list[Pair], budget: int, pads: bool, lookahead: int = 1024
+) -> list[list[Pair]]:
+    """Greedy batches under the token budget over length-sorted look-ahead windows."""
+    batches: list[list[Pair]] = []
+    for start in range(0, len(pairs), lookahead):
+        window = sorted(pairs[start : start + lookahead], key=lambda p: len(p.ids))
+        batch: list[Pair] = []
+        for pair in window:
+            size = len(batch) + 1
+            cost = size * len(pair.ids) if pads else sum(len(p.ids) for p in batch) + len(pair.ids)
+            if batch and cost > budget:
+                batches.append(batch)
+                batch = []
+            batch.append(pair)
+        if batch:
+            batches.append(batch)
+    return batches
+
+
+def matmul_rate(dtype: torch.dtype, seconds: float = 3.0) -> float:
+    """FLOP/s of a [2048, 768] x [768, 3072] matmul, the model's dominant shape."""
+    a = torch.randn(2048, 768, dtype=dtype)
+    b = torch.randn(768, 3072, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        n += 1
+    return 2 * 2048 * 768 * 3072 * n / (time.perf_counter() - t0)
+
+
+def flops_per_pair(length: int, hidden: int = 768, layers: int = 12, inter: int = 3072) -> float:
+    """Forward FLOPs of one sequence: linears (QKV, out, MLP) plus attention scores/values."""
+    linear = 2 * length * (4 * hidden * hidden + 2 * hidden * inter)
+    attn = 4 * length * length * hidden
+    return float(layers * (linear + attn))
+
+
+def run_backend(scorer: Scorer, batches: list[list[Pair]]) -> float:
+    scorer.score([p.ids for p in batches[0][:2]], [p.split for p in batches[0][:2]])
+    t0 = time.perf_counter()
+    for batch in batches:
+        scorer.score([p.ids for p in batch], [p.split for p in batch])
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model-dir", type=Path, default=Path("/tmp/reranker-bench/jina-shaped"))
+    parser.add_argument("--pairs", type=int, default=96)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    parser.add_argument("--dtype", choices=list(DTYPES), default="bfloat16")
+    args = parser.parse_args()
+
+    model_dir = ensure_model(args.model_dir)
+    backends = {
+        name: load_model(str(model_dir), device="cpu", dtype=args.dtype, backend=name)
+        for name in ("native", "transformers")
+    }
+    encoder = backends["native"].encoder
+    pairs = [p for q, d in make_pairs(args.pairs, seed=1) for p in encoder.encode(q, [d]).pairs]
+    real_tokens = sum(len(p.ids) for p in pairs)
+    flops = sum(flops_per_pair(len(p.ids)) for p in pairs)
+    batches = {
+        name: form_batches(pairs, args.max_batch_tokens, loaded.scorers[0].pads)
+        for name, loaded in backends.items()
+    }
+    times: dict[str, list[float]] = {name: [] for name in backends}
+    for r in range(args.rounds):
+        for name, loaded in backends.items():
+            elapsed = run_backend(loaded.scorers[0], batches[name])
+            times[name].append(elapsed)
+            print(f"round {r + 1} {name:12s} {elapsed:7.2f} s", flush=True)
+    rate = matmul_rate(DTYPES[args.dtype])
+
+    print()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores,"
+          f" torch {torch.__version__}, {torch.get_num_threads()} threads, dtype {args.dtype}")
+    print(f"workload: {args.pairs} (query, document) pairs -> {len(pairs)} windows,"
+          f" {real_tokens} tokens (mean {real_tokens / len(pairs):.0f}, max"
+          f" {max(len(p.ids) for p in pairs)})")
+    print(f"matmul ceiling ({args.dtype}, 2048x768x3072): {rate / 1e9:.0f} GFLOP/s")
+    print()
+    print("| backend | batches | time (s, median) | pairs/s | tokens/s | GFLOP/s | % of ceiling |")
+    print("|---|---|---|---|---|---|---|")
+    for name in backends:
+        t = statistics.median(times[name])
+        print(
+            f"| {name} | {len(batches[name])} | {t:.2f} | {len(pairs) / t:.1f} |"
+            f" {real_tokens / t:.0f} | {flops / t / 1e9:.0f} | {100 * flops / t / rate:.0f}% |"
+        )
+    ratio = statistics.median(times["transformers"]) / statistics.median(times["native"])
+    print(f"\nnative / transformers throughput: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
