@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -134,3 +136,49 @@ def client(xlmr_server: LiveServer) -> Iterator[httpx.Client]:
     with xlmr_server.client() as c:
         yield c
 
+
+
+def _other_family(bert_dir: str, out: Path, kind: str) -> str:
+    """A stock one-label cross-encoder of a family the native engine does not cover."""
+    import shutil
+
+    import torch
+    from transformers import (
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+        ElectraConfig,
+        ElectraForSequenceClassification,
+    )
+
+    shutil.copytree(bert_dir, out, ignore=shutil.ignore_patterns("*.safetensors", "config.json"))
+    torch.manual_seed(1)
+    vocab = len(json.loads((Path(bert_dir) / "tokenizer.json").read_text())["model"]["vocab"])
+    model: Any
+    if kind == "electra":
+        model = ElectraForSequenceClassification(ElectraConfig(
+            vocab_size=vocab, embedding_size=32, hidden_size=32, num_hidden_layers=2,
+            num_attention_heads=4, intermediate_size=64, max_position_embeddings=128,
+            num_labels=1, initializer_range=0.2,
+        ))
+    else:
+        model = DistilBertForSequenceClassification(DistilBertConfig(
+            vocab_size=vocab, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+            max_position_embeddings=128, num_labels=1, initializer_range=0.2,
+        ))
+    model.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def electra_dir(bert_dir: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return _other_family(bert_dir, tmp_path_factory.mktemp("e") / "electra", "electra")
+
+
+@pytest.fixture(scope="session")
+def distilbert_dir(bert_dir: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return _other_family(bert_dir, tmp_path_factory.mktemp("d") / "distilbert", "distilbert")
+
+
+@pytest.fixture(scope="session")
+def electra_server(server_factory: ServerFactory, electra_dir: str) -> LiveServer:
+    return server_factory(electra_dir, served_model_name="test-electra")

@@ -17,12 +17,13 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 @functools.lru_cache(maxsize=8)
 def _load(model_dir: str) -> tuple[object, object, int, bool]:
+    """(tokenizer, model, max length, BERT-style pair layout) of a stock checkpoint."""
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(
         model_dir, dtype=torch.float32, attn_implementation="eager"
     ).eval()
     config = json.loads((Path(model_dir) / "config.json").read_text())
-    is_bert = config["model_type"] == "bert"
+    is_bert = config["model_type"] not in ("xlm-roberta", "roberta")
     positions = config["max_position_embeddings"]
     if not is_bert:
         positions -= config["pad_token_id"] + 1
@@ -68,11 +69,11 @@ def reference_pairs(model_dir: str, query: str, doc: str) -> list[tuple[list[int
 @torch.inference_mode()
 def reference_logit(model_dir: str, query: str, doc: str) -> float:
     _, model, _, _ = _load(model_dir)
+    with_types = getattr(model.config, "type_vocab_size", 0) > 0  # type: ignore[attr-defined]
     best = -float("inf")
     for ids, types in reference_pairs(model_dir, query, doc):
-        out = model(
-            input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([types])
-        ).logits[0, 0]
+        extra = {"token_type_ids": torch.tensor([types])} if with_types else {}
+        out = model(input_ids=torch.tensor([ids]), **extra).logits[0, 0]  # type: ignore[operator]
         best = max(best, float(out))
     return best
 

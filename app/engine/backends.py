@@ -24,7 +24,8 @@ class Scorer(Protocol):
 
 
 class TransformersScorer:
-    """Stock `AutoModelForSequenceClassification` with right-padded batches (SDPA attention)."""
+    """Stock `AutoModelForSequenceClassification` with right-padded batches (SDPA attention).
+    `family` is the pair layout: BERT-style models get token type 1 on the second segment."""
 
     pads = True
 
@@ -34,7 +35,9 @@ class TransformersScorer:
         self.device = device
         self._pad_id = pad_id
         self._torch_device = torch.device(device)
-        self._uses_token_types = family == "bert" and model.config.type_vocab_size > 1
+        self._uses_token_types = (
+            family == "bert" and getattr(model.config, "type_vocab_size", 1) > 1
+        )
 
     def score(self, ids: Sequence[Sequence[int]], splits: Sequence[int]) -> np.ndarray:
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))

@@ -114,8 +114,9 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     return config
 
 
-def model_family(config: dict[str, Any], model_dir: Path) -> Family:
-    """From `model_type`, or for checkpoints without one (jina's) from `architectures`."""
+def model_family(config: dict[str, Any]) -> Family | None:
+    """The native family from `model_type`, or for checkpoints without one (jina's) from
+    `architectures`; None for any other model (served by the transformers backend)."""
     model_type = config.get("model_type")
     if model_type in _FAMILIES:
         return _FAMILIES[model_type]
@@ -125,14 +126,29 @@ def model_family(config: dict[str, Any], model_dir: Path) -> Family:
                 return "xlm-roberta"
             if "Bert" in arch:
                 return "bert"
+    return None
+
+
+def pair_layout(tokenizer: Any, model_dir: Path) -> Family:
+    """Which pair template the tokenizer itself uses: XLM-R's `<s> A </s></s> B </s>` or
+    BERT's `[CLS] A [SEP] B [SEP]`; windows are built the same way."""
+    a = tokenizer("a", add_special_tokens=False)["input_ids"]
+    b = tokenizer("b", add_special_tokens=False)["input_ids"]
+    both = tokenizer("a", "b")["input_ids"]
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    if both == [cls, *a, sep, sep, *b, sep]:
+        return "xlm-roberta"
+    if both == [cls, *a, sep, *b, sep]:
+        return "bert"
     raise ModelUnavailable(
-        f"{model_dir}: model_type {model_type!r} is not supported; this service serves"
-        " XLM-RoBERTa and BERT cross-encoders"
+        f"{model_dir}: the tokenizer's pair template {both} is neither BERT's nor XLM-R's;"
+        " this service cannot window documents for it"
     )
 
 
 def max_input_length(config: dict[str, Any], family: Family, tokenizer: Any) -> int:
-    """The smaller of the position table's limit and the tokenizer's model_max_length."""
+    """The smaller of the position table's limit and the tokenizer's model_max_length.
+    RoBERTa-style models (XLM-R pair layout) number positions from padding_idx + 1."""
     positions = int(config["max_position_embeddings"])
     if family == "xlm-roberta":
         positions -= int(config.get("pad_token_id", 1)) + 1
@@ -181,7 +197,7 @@ def load_native(
 def load_transformers(
     model_dir: Path, config: dict[str, Any], family: Family, devices: list[str], dtype: str,
     pad_id: int,
-) -> list[Scorer]:
+) -> list[TransformersScorer]:
     """Stock AutoModelForSequenceClassification: the fallback for any one-label model."""
     from transformers import AutoModelForSequenceClassification
 
@@ -191,13 +207,18 @@ def load_transformers(
             " jina-reranker-v2); the transformers backend would need trust_remote_code, which"
             " this service never uses: use --backend native"
         )
-    scorers: list[Scorer] = []
+    scorers: list[TransformersScorer] = []
     for dev in devices:
         try:
-            net = AutoModelForSequenceClassification.from_pretrained(
-                model_dir, dtype=_DTYPES[dtype], attn_implementation="sdpa",
-                trust_remote_code=False,
-            )
+            try:
+                net = AutoModelForSequenceClassification.from_pretrained(
+                    model_dir, dtype=_DTYPES[dtype], attn_implementation="sdpa",
+                    trust_remote_code=False,
+                )
+            except ValueError:  # an architecture without SDPA support: its default attention
+                net = AutoModelForSequenceClassification.from_pretrained(
+                    model_dir, dtype=_DTYPES[dtype], trust_remote_code=False
+                )
         except Exception as exc:
             raise ModelUnavailable(f"{model_dir}: cannot load the weights ({exc})") from exc
         net.to(dev).eval()
@@ -212,7 +233,13 @@ def load_model(
     """Tokenizer plus one scorer per device, ready to serve. Runs no code from the model."""
     model_dir = resolve_model_dir(model, cache_dir)
     config = read_config(model_dir)
-    family = model_family(config, model_dir)
+    family = model_family(config)
+    chosen = ("native" if family else "transformers") if backend == "auto" else backend
+    if chosen == "native" and family is None:
+        raise ModelUnavailable(
+            f"{model_dir}: model_type {config.get('model_type')!r} has no native engine (it"
+            " serves XLM-RoBERTa and BERT); use --backend transformers or auto"
+        )
     labels = config.get("num_labels", len(config.get("id2label", {})) or 2)
     if labels != 1:
         raise ModelUnavailable(
@@ -222,21 +249,22 @@ def load_model(
     devices = resolve_devices(device)
     dtype_name = resolve_dtype(dtype, devices)
     tokenizer = load_tokenizer(model_dir)
-    encoder = PairEncoder(tokenizer, family, max_input_length(config, family, tokenizer))
-    chosen = "native" if backend == "auto" else backend
+    layout = family or pair_layout(tokenizer, model_dir)
+    encoder = PairEncoder(tokenizer, layout, max_input_length(config, layout, tokenizer))
     scorers: list[Scorer]
     attention: str
-    if chosen == "native":
+    if family is not None and chosen == "native":
         native = load_native(model_dir, config, family, devices, dtype_name)
         scorers, attention = list(native), native[0].attention
     else:
-        scorers = load_transformers(
-            model_dir, config, family, devices, dtype_name, tokenizer.pad_token_id
+        stock = load_transformers(
+            model_dir, config, layout, devices, dtype_name, tokenizer.pad_token_id
         )
-        attention = "sdpa-padded"
+        scorers, attention = list(stock), f"{stock[0].model.config._attn_implementation}-padded"
     log.info(
         "loaded %s (%s, max input %d tokens) on %s in %s: backend %s, attention %s",
-        model_dir, family, encoder.max_length, ",".join(devices), dtype_name, chosen, attention,
+        model_dir, config.get("model_type") or family, encoder.max_length, ",".join(devices),
+        dtype_name, chosen, attention,
     )
     return LoadedModel(
         encoder=encoder, scorers=scorers, model_dir=model_dir, dtype=dtype_name,

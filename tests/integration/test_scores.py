@@ -44,7 +44,12 @@ def _assert_parity(server: LiveServer, model_dir: str, query: str, docs: list[st
 
 
 # (server fixture, directory of the same weights in stock naming for the reference)
-SERVERS = [("xlmr_server", "xlmr_dir"), ("jina_server", "xlmr_dir"), ("bert_server", "bert_dir")]
+SERVERS = [
+    ("xlmr_server", "xlmr_dir"),
+    ("jina_server", "xlmr_dir"),
+    ("bert_server", "bert_dir"),
+    ("electra_server", "electra_dir"),  # a family served by the transformers backend
+]
 
 
 @pytest.mark.parametrize(("server_name", "ref_dir"), SERVERS)
