@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from pydantic import ValidationError
@@ -26,6 +27,11 @@ _SERVE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--max-queue", "max_queue", {"type": int}),
     ("--max-documents", "max_documents", {"type": int}),
     ("--max-body-bytes", "max_body_bytes", {"type": int}),
+    ("--max-document-chars", "max_document_chars", {"type": int}),
+    ("--max-query-chars", "max_query_chars", {"type": int}),
+    ("--max-request-tokens", "max_request_tokens", {"type": int}),
+    ("--request-timeout", "request_timeout_s", {"type": float}),
+    ("--shutdown-grace", "shutdown_grace_s", {"type": float}),
     ("--api-key", "api_keys", {"action": "append"}),
     ("--hf-cache-dir", "hf_cache_dir", {}),
     ("--log-level", "log_level", {}),
@@ -136,11 +142,21 @@ def serve(settings: Settings) -> int:
             server.should_exit = True
 
     app = create_app(settings, on_fatal=on_fatal)
+    runtime = app.state.runtime
+
+    class DrainingServer(uvicorn.Server):
+        """On SIGTERM/SIGINT, readiness and new requests turn 503 at once; uvicorn then stops
+        accepting connections and waits up to the grace period for in-flight requests."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            runtime.begin_shutdown()
+            super().handle_exit(sig, frame)
+
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config)
     # uvicorn re-raises the signal that stopped it once it has drained; with these handlers a
     # SIGTERM/SIGINT shutdown that drained cleanly ends the process with status 0.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -49,6 +49,22 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="Largest request body accepted."
     )
+    max_document_chars: int = Field(
+        4_000_000, ge=1, description="Characters per document (a 524,288-token document fits)."
+    )
+    max_query_chars: int = Field(100_000, ge=1, description="Characters per query.")
+    max_request_tokens: int = Field(
+        2_000_000, ge=1,
+        description="Query and document tokens per request, before windowing; then 413.",
+    )
+    request_timeout_s: float = Field(
+        60.0, gt=0,
+        description="Deadline of one rerank request (a client may ask for less with the"
+        " x-request-timeout header, in seconds); then 504.",
+    )
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Bearer keys for /v1/*; none = open. Env: comma separated.",

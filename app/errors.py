@@ -44,6 +44,10 @@ class NotReady(RerankError):
     reason = "not_ready"
 
 
+class DeadlineExceeded(RerankError):
+    reason = "deadline_exceeded"
+
+
 class InferenceFailed(RerankError):
     """A batch carrying this request's items failed; the detail is generic on purpose."""
 
@@ -70,6 +74,7 @@ ERROR_TABLE: dict[type[RerankError], ErrorSpec] = {
     Unauthorized: ErrorSpec(401, (("www-authenticate", "Bearer"),)),
     QueueFull: ErrorSpec(429),
     NotReady: ErrorSpec(503),
+    DeadlineExceeded: ErrorSpec(504),
     InferenceFailed: ErrorSpec(500),
 }
 

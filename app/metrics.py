@@ -92,6 +92,19 @@ class Metrics:
         self.in_flight = Gauge(
             "reranker_in_flight_requests", "Rerank requests being processed.", registry=r
         )
+        self.batch_token_budget = Gauge(
+            "reranker_batch_token_budget",
+            "Token budget of a forward pass now (halved for a while after out-of-memory).",
+            registry=r,
+        )
+        self.out_of_memory = Counter(
+            "reranker_out_of_memory",
+            "Forward passes that ran out of device memory (the batch is split and retried).",
+            registry=r,
+        )
+        self.worker_restarts = Counter(
+            "reranker_worker_restarts", "Device worker threads restarted after dying.", registry=r
+        )
         self.ready = Gauge(
             "reranker_ready", "1 when the model is loaded, warmed up and serving.", registry=r
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Literal
 
@@ -18,7 +19,12 @@ from app.service import RerankService
 log = logging.getLogger(__name__)
 
 Loader = Callable[[Settings], LoadedModel]
-Phase = Literal["starting", "ready", "stopping", "failed"]
+Phase = Literal["starting", "ready", "recovering", "stopping", "failed"]
+
+MAX_WORKER_DEATHS = 3
+"""Worker deaths within DEATH_WINDOW_S after which the process gives up (exit non-zero)."""
+DEATH_WINDOW_S = 60.0
+SUPERVISE_EVERY_S = 0.1
 
 
 def default_loader(settings: Settings) -> LoadedModel:
@@ -47,11 +53,14 @@ class Runtime:
         self._workers: list[Worker] = []
         self._loader = loader
         self._on_fatal = on_fatal
+        self._deaths: list[float] = []
+        self._supervisor: asyncio.Task[None] | None = None
 
     def _not_ready(self) -> NotReady:
         detail = {
             "starting": "the model is still loading; retry shortly",
             "stopping": "the server is shutting down; retry on another replica",
+            "recovering": "a device worker is restarting; retry shortly",
             "failed": "the model failed to load; see the server log",
         }.get(self.phase, "not ready")
         return NotReady(detail, retry_after_s=5.0 if self.phase == "starting" else 1.0)
@@ -81,14 +90,19 @@ class Runtime:
                 max_queue=self.settings.max_queue,
                 pads=all(s.pads for s in self.model.scorers),
                 metrics=self.metrics,
+                workers=len(self.model.scorers),
             )
+            self.metrics.batch_token_budget.set(self.settings.max_batch_tokens)
             await asyncio.to_thread(self._warm_up_longest, self.model)
             self._workers = [
                 Worker(self._scheduler, scorer, self.metrics) for scorer in self.model.scorers
             ]
             for worker in self._workers:
                 worker.start()
-            self._service = RerankService(self.model.encoder, self._scheduler, self.metrics)
+            self._service = RerankService(
+                self.model.encoder, self._scheduler, self.metrics,
+                max_request_tokens=self.settings.max_request_tokens,
+            )
             log.info("warming up")
             await self._service.rerank("warm up", ["warm up"])
         except Exception as exc:
@@ -98,9 +112,46 @@ class Runtime:
                 self._on_fatal(exc)
             return
         if self.phase == "starting":
-            self.phase = "ready"
-            self.metrics.ready.set(1)
+            self._set_phase("ready")
+            self._supervisor = asyncio.create_task(self._supervise())
             log.info("ready: serving %s", self.settings.served_name)
+
+    def _set_phase(self, phase: Phase) -> None:
+        self.phase = phase
+        self.metrics.ready.set(1 if phase == "ready" else 0)
+
+    async def _supervise(self) -> None:
+        """Restart dead workers; after MAX_WORKER_DEATHS in DEATH_WINDOW_S, give up."""
+        while self.phase in ("ready", "recovering"):
+            await asyncio.sleep(SUPERVISE_EVERY_S)
+            for i, worker in enumerate(self._workers):
+                if worker.alive or self.phase not in ("ready", "recovering"):
+                    continue
+                self._set_phase("recovering")
+                now = time.monotonic()
+                self._deaths = [t for t in self._deaths if now - t < DEATH_WINDOW_S] + [now]
+                if len(self._deaths) >= MAX_WORKER_DEATHS:
+                    log.critical(
+                        "%d worker deaths in %.0f s; giving up so the orchestrator restarts"
+                        " the process", len(self._deaths), DEATH_WINDOW_S,
+                    )
+                    self._set_phase("failed")
+                    if self._on_fatal is not None:
+                        self._on_fatal(RuntimeError("device workers keep dying"))
+                    return
+                assert self._scheduler is not None
+                replacement = Worker(self._scheduler, worker.scorer, self.metrics)
+                replacement.start()
+                self._workers[i] = replacement
+                self.metrics.worker_restarts.inc()
+                log.warning("restarted the worker on %s", worker.scorer.device)
+            if self.phase == "recovering" and all(w.alive for w in self._workers):
+                self._set_phase("ready")
+
+    def begin_shutdown(self) -> None:
+        """Called on SIGTERM: readiness and new requests answer 503 from now on."""
+        if self.phase != "failed":
+            self._set_phase("stopping")
 
     @staticmethod
     def _warm_up_longest(model: LoadedModel) -> None:
@@ -114,8 +165,10 @@ class Runtime:
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         """Stop taking work, let workers drain the queue, and release threads."""
-        self.phase = "stopping"
-        self.metrics.ready.set(0)
+        if self.phase != "failed":
+            self._set_phase("stopping")
+        if self._supervisor is not None:
+            self._supervisor.cancel()
         if self._scheduler is not None:
             self._scheduler.close()
         for worker in self._workers:

@@ -15,6 +15,7 @@ import numpy as np
 
 from app.batching.scheduler import Scheduler
 from app.engine.tokenize import EncodedRequest, PairEncoder
+from app.errors import RequestTooLarge
 from app.metrics import Metrics
 
 
@@ -41,9 +42,17 @@ def sigmoid32(logits: np.ndarray) -> np.ndarray:
 
 
 class RerankService:
-    def __init__(self, encoder: PairEncoder, scheduler: Scheduler, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        encoder: PairEncoder,
+        scheduler: Scheduler,
+        metrics: Metrics,
+        *,
+        max_request_tokens: int = 2_000_000,
+    ) -> None:
         self.encoder = encoder
         self.scheduler = scheduler
+        self.max_request_tokens = max_request_tokens
         self._metrics = metrics
         # One thread: the Rust tokenizer parallelises a batch itself, and one caller at a time
         # keeps its state race-free.
@@ -73,6 +82,11 @@ class RerankService:
         )
         tokenization_s = time.perf_counter() - t0
         self._metrics.tokenization_duration.observe(tokenization_s)
+        if encoded.input_tokens > self.max_request_tokens:
+            raise RequestTooLarge(
+                f"the query and documents come to {encoded.input_tokens} tokens; the limit is"
+                f" {self.max_request_tokens} per request (max_request_tokens)"
+            )
 
         job = self.scheduler.submit([(p.ids, p.split) for p in encoded.pairs])
         try:

@@ -10,8 +10,15 @@ from fastapi.responses import Response
 
 from app.api.auth import require_api_key
 from app.api.responses import JSONBytes
-from app.api.schemas import ErrorBody, ModelCard, ModelList, RerankRequest, RerankResponse
-from app.errors import ModelNotServed, RequestTooLarge
+from app.api.schemas import (
+    ErrorBody,
+    ModelCard,
+    ModelList,
+    RerankRequest,
+    RerankResponse,
+    check_text_limits,
+)
+from app.errors import DeadlineExceeded, InvalidRequest, ModelNotServed, RequestTooLarge
 from app.metrics import CONTENT_TYPE
 from app.runtime import Runtime
 from app.service import RerankOutcome
@@ -19,7 +26,7 @@ from app.service import RerankOutcome
 CLIENT_CLOSED_REQUEST = 499
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 413, 422, 429, 500, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422, 429, 500, 503, 504)
 }
 
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_ERRORS)
@@ -45,11 +52,13 @@ async def rerank(body: RerankRequest, request: Request) -> Response:
             f"{len(body.documents)} documents sent; the limit is {settings.max_documents}"
             " per request (max_documents)"
         )
+    check_text_limits(body, settings.max_query_chars, settings.max_document_chars)
+    timeout = request_timeout(request, settings.request_timeout_s)
     service = runtime.service
     runtime.metrics.in_flight.inc()
     try:
         outcome = await _unless_disconnected(
-            service.rerank(body.query, body.texts(), body.top_n), request
+            service.rerank(body.query, body.texts(), body.top_n), request, timeout
         )
     finally:
         runtime.metrics.in_flight.dec()
@@ -80,17 +89,42 @@ def _timing_headers(outcome: RerankOutcome) -> dict[str, str]:
     }
 
 
-async def _unless_disconnected(work: Any, request: Request) -> RerankOutcome | None:
-    """Await the rerank, but cancel it (dropping its queued items) if the client goes away."""
+def request_timeout(request: Request, server_limit: float) -> float:
+    """The server's deadline, or less when the client asks with `x-request-timeout` (s)."""
+    asked = request.headers.get("x-request-timeout")
+    if asked is None:
+        return server_limit
+    try:
+        value = float(asked)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:  # also rejects nan
+        raise InvalidRequest(
+            f"x-request-timeout must be a positive number of seconds, got {asked!r}"
+        )
+    return min(value, server_limit)
+
+
+async def _unless_disconnected(
+    work: Any, request: Request, timeout: float
+) -> RerankOutcome | None:
+    """Await the rerank; if the client goes away (None) or the deadline passes (504), cancel
+    it, which drops the request's items that are still queued."""
     task: asyncio.Task[RerankOutcome] = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(request))
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, watcher}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
+        timed_out = not task.done() and not watcher.done()
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+    if timed_out:
+        raise DeadlineExceeded(
+            f"the request did not finish within its {timeout:g} s deadline (request timeout);"
+            " it was cancelled: retry later, or send fewer or shorter documents"
+        )
     return None if task.cancelled() else task.result()
 
 

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.errors import RequestTooLarge
+
 
 def check_text(value: str) -> str:
     """Reject strings the tokenizer cannot take (lone UTF-16 surrogates from JSON escapes)."""
@@ -57,6 +59,10 @@ class RerankRequest(BaseModel):
     @classmethod
     def _documents_text(cls, docs: list[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
         for i, doc in enumerate(docs):
+            if isinstance(doc, dict) and nesting_depth(doc) > MAX_NESTING:
+                raise ValueError(
+                    f"document {i} nests objects or arrays deeper than {MAX_NESTING} levels"
+                )
             text = doc if isinstance(doc, str) else doc.get("text")
             if not isinstance(text, str):
                 raise ValueError(
@@ -71,6 +77,42 @@ class RerankRequest(BaseModel):
 
     def texts(self) -> list[str]:
         return [d if isinstance(d, str) else d["text"] for d in self.documents]
+
+
+MAX_NESTING = 32
+
+
+def nesting_depth(value: Any) -> int:
+    """Depth of nested objects and arrays, iteratively (no recursion on hostile input)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_NESTING:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def check_text_limits(body: RerankRequest, max_query_chars: int, max_document_chars: int) -> None:
+    """Per-string limits, each named in the error so a client knows what to shorten."""
+    if len(body.query) > max_query_chars:
+        raise RequestTooLarge(
+            f"the query has {len(body.query)} characters; the limit is {max_query_chars}"
+            " (max_query_chars)"
+        )
+    for i, text in enumerate(body.texts()):
+        if len(text) > max_document_chars:
+            raise RequestTooLarge(
+                f"document {i} has {len(text)} characters; the limit is {max_document_chars}"
+                " (max_document_chars): split it"
+            )
 
 
 class Usage(BaseModel):

@@ -74,9 +74,14 @@ class Scheduler:
         pads: bool,
         metrics: Metrics,
         lookahead: int = 1024,
+        workers: int = 1,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        self.configured_batch_tokens = max_batch_tokens
         self.max_batch_tokens = max_batch_tokens
+        self._backoff_until = 0.0
+        self.workers = workers
+        self._drain_rate = 0.0  # items per second per worker, moving average
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.pads = pads
@@ -109,7 +114,7 @@ class Scheduler:
                 raise QueueFull(
                     f"the server is at capacity ({len(self._queue)} items queued,"
                     f" max_queue={self.max_queue}); retry after the Retry-After delay",
-                    retry_after_s=1.0,
+                    retry_after_s=self.retry_after_s(),
                 )
             self._queue.extend(items)
             self._queued_tokens += tokens
@@ -123,6 +128,7 @@ class Scheduler:
         with self._cond:
             while True:
                 self._drop_abandoned_head()
+                self._restore_budget()
                 if self._queue:
                     wait = self._fill_wait()
                     if wait <= 0:
@@ -136,6 +142,27 @@ class Scheduler:
                     return None
                 else:
                     self._cond.wait()
+
+    def retry_after_s(self) -> float:
+        """Seconds until the queue has drained at the recent rate (1 s when unknown)."""
+        rate = self._drain_rate * self.workers
+        if rate <= 0:
+            return 1.0
+        return min(60.0, max(1.0, len(self._queue) / rate))
+
+    def back_off(self, seconds: float = 60.0) -> int:
+        """Halve the token budget for a while (after an out-of-memory error); returns it."""
+        with self._cond:
+            self.max_batch_tokens = max(1, self.max_batch_tokens // 2)
+            self._backoff_until = self._clock() + seconds
+            self._metrics.batch_token_budget.set(self.max_batch_tokens)
+            return self.max_batch_tokens
+
+    def _restore_budget(self) -> None:
+        if self._backoff_until and self._clock() >= self._backoff_until:
+            self.max_batch_tokens = self.configured_batch_tokens
+            self._backoff_until = 0.0
+            self._metrics.batch_token_budget.set(self.max_batch_tokens)
 
     def _fill_wait(self) -> float:
         """Seconds still worth waiting for more items; 0 when a batch should go now."""
@@ -211,6 +238,10 @@ class Scheduler:
         """Hand a batch's logits to the event loop(s) of its requests."""
         for item in batch.items:
             self._metrics.queue_wait.observe(started - item.enqueued)
+        if ended > started:
+            rate = len(batch.items) / (ended - started)
+            previous = self._drain_rate
+            self._drain_rate = rate if previous == 0 else 0.8 * previous + 0.2 * rate
         groups = _by_loop(batch.items)
         for loop, idx in groups.items():
             items = [batch.items[i] for i in idx]

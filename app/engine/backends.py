@@ -60,3 +60,14 @@ class TransformersScorer:
             logits = self.model(**batch).logits[:, 0]
             result: np.ndarray = logits.float().cpu().numpy()
         return result
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A device allocation failure (worth retrying with a smaller batch)."""
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def release_cached_memory() -> None:
+    """Give cached CUDA blocks back after an out-of-memory error, before retrying."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

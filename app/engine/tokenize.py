@@ -27,6 +27,9 @@ class Pair:
 class EncodedRequest:
     pairs: list[Pair]
     total_tokens: int
+    """Tokens fed to the model: every window with its query and specials."""
+    input_tokens: int
+    """Query plus document tokens, before windowing (what request limits count)."""
 
 
 class PairEncoder:
@@ -68,9 +71,11 @@ class PairEncoder:
         split = len(query_ids)
         pairs: list[Pair] = []
         total = 0
+        inputs = len(query_ids)
         for doc, doc_ids in enumerate(self.encode_documents(documents)):
+            inputs += len(doc_ids)
             for start, end in window_spans(len(doc_ids), budget):
                 ids = self.pair_ids(query_ids, doc_ids[start:end])
                 total += len(ids)
                 pairs.append(Pair(ids, split, doc))
-        return EncodedRequest(pairs, total)
+        return EncodedRequest(pairs, total, inputs)

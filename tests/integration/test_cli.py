@@ -107,4 +107,6 @@ def test_an_unloadable_model_stops_the_server_with_status_1(tmp_path: Path) -> N
     (tmp_path / "config.json").write_text('{"model_type": "gpt2", "num_labels": 1}')
     result = _run("serve", "--model", str(tmp_path), "--port", str(_free_port()), timeout=60)
     assert result.returncode == 1
-    assert "model_type 'gpt2' is not supported" in result.stderr.splitlines()[-1]
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("reranker: ") and str(tmp_path) in last
+    assert "Traceback" not in result.stderr
