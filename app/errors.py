@@ -24,6 +24,14 @@ class InvalidRequest(RerankError):
     reason = "invalid_request"
 
 
+class MalformedBody(RerankError):
+    reason = "invalid_json"
+
+
+class UnsupportedMediaType(RerankError):
+    reason = "unsupported_media_type"
+
+
 class ModelNotServed(RerankError):
     reason = "model_not_served"
 
@@ -69,6 +77,8 @@ class ErrorSpec:
 
 ERROR_TABLE: dict[type[RerankError], ErrorSpec] = {
     InvalidRequest: ErrorSpec(422),
+    MalformedBody: ErrorSpec(400),
+    UnsupportedMediaType: ErrorSpec(415),
     ModelNotServed: ErrorSpec(404),
     RequestTooLarge: ErrorSpec(413),
     Unauthorized: ErrorSpec(401, (("www-authenticate", "Bearer"),)),

@@ -44,9 +44,21 @@ def jina_bin_dir(xlmr_dir: str, tmp_path_factory: pytest.TempPathFactory) -> str
 class LiveServer:
     """A real uvicorn server in a thread, on a free loopback port."""
 
-    def __init__(self, settings: Settings, loader: Loader = default_loader) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        loader: Loader = default_loader,
+        on_fatal: Callable[[BaseException], None] | None = None,
+    ) -> None:
         self.settings = settings
-        self.app = create_app(settings, loader=loader)
+        self.fatal: list[BaseException] = []
+
+        def fatal(exc: BaseException) -> None:
+            self.fatal.append(exc)
+            if on_fatal is not None:
+                on_fatal(exc)
+
+        self.app = create_app(settings, loader=loader, on_fatal=fatal)
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))

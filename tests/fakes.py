@@ -32,8 +32,16 @@ class SumScorer:
         return np.array([sum(x) / max(1, len(x)) / 100 for x in ids], dtype=np.float32)
 
 
+class WorkerKilled(BaseException):
+    """Escapes the worker's error handling, as a crash inside the thread would."""
+
+
 class WrappedScorer:
-    """Delegates to a real scorer; optionally sleeps, or raises when a batch matches."""
+    """Delegates to a real scorer; optionally sleeps, or raises when a batch matches.
+
+    `error` picks what a matching batch raises: a plain error, a simulated device
+    out-of-memory error, or a thread-killing BaseException. `delay_if` sleeps `delay_s` only
+    on matching batches (a hung forward)."""
 
     def __init__(
         self,
@@ -41,23 +49,27 @@ class WrappedScorer:
         *,
         delay_s: float = 0.0,
         fail_if: Callable[[Sequence[Sequence[int]]], bool] | None = None,
+        error: Callable[[], BaseException] = lambda: RuntimeError("injected failure: secret"),
+        delay_if: Callable[[Sequence[Sequence[int]]], bool] | None = None,
     ) -> None:
         self.inner = inner
         self.device = inner.device
         self.pads = inner.pads
         self.delay_s = delay_s
         self.fail_if = fail_if
+        self.error = error
+        self.delay_if = delay_if
         self.log: list[tuple[list[tuple[int, ...]], bool]] = []
         self.lock = threading.Lock()
 
     def score(self, ids: Sequence[Sequence[int]], splits: Sequence[int]) -> np.ndarray:
-        if self.delay_s:
+        if self.delay_s and (self.delay_if is None or self.delay_if(ids)):
             time.sleep(self.delay_s)
         failed = self.fail_if is not None and self.fail_if(ids)
         with self.lock:
             self.log.append(([tuple(x) for x in ids], failed))
         if failed:
-            raise RuntimeError("injected failure: secret internals")
+            raise self.error()
         return self.inner.score(ids, splits)
 
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from app.api.auth import require_api_key
+from app.api.body import read_json, request_body_doc
 from app.api.responses import JSONBytes
 from app.api.schemas import (
     ErrorBody,
@@ -38,8 +39,14 @@ def runtime_of(request: Request) -> Runtime:
     return runtime
 
 
-@v1.post("/rerank", response_model=RerankResponse, summary="Rerank documents (Jina dialect)")
-async def rerank(body: RerankRequest, request: Request) -> Response:
+@v1.post(
+    "/rerank",
+    response_model=RerankResponse,
+    summary="Rerank documents (Jina dialect)",
+    openapi_extra=request_body_doc(RerankRequest),
+)
+async def rerank(request: Request) -> Response:
+    body = await read_json(request, RerankRequest)
     runtime = runtime_of(request)
     settings = runtime.settings
     if body.model is not None and body.model not in settings.accepted_model_names:

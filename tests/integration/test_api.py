@@ -112,7 +112,7 @@ def test_timing_headers(client: httpx.Client) -> None:
          {"content-type": "application/json"}, 422, "top_n"),
         (b'{"query": null, "documents": ["a"]}', {"content-type": "application/json"}, 422,
          "query"),
-        (b'{"query": "\\ud800", "documents": ["a"]}', {"content-type": "application/json"}, 422,
+        (b'{"query": "\\ud800", "documents": ["a"]}', {"content-type": "application/json"}, 400,
          "surrogate"),
         (b'["q", "a"]', {"content-type": "application/json"}, 422, "body"),
         (b"query=q&documents=a", {"content-type": "application/x-www-form-urlencoded"}, 415,

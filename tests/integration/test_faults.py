@@ -1,0 +1,131 @@
+"""Fault injection through test-only scorers: out of memory, a hung forward, dying workers.
+Each test asserts exactly which requests failed and that the rest succeeded."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import httpx
+import torch
+
+from tests.conftest import ServerFactory
+from tests.fakes import WorkerKilled, WrappedScorer, wrapping_loader
+from tests.reference import reference_scores
+
+
+def _contains(marker: int):  # type: ignore[no-untyped-def]
+    def match(ids: Sequence[Sequence[int]]) -> bool:
+        return any(marker in x for x in ids)
+
+    return match
+
+
+def test_out_of_memory_splits_the_batch_and_backs_off(
+    server_factory: ServerFactory, xlmr_dir: str
+) -> None:
+    def big(ids: Sequence[Sequence[int]]) -> bool:
+        return len(ids) > 2  # the "device" only fits two pairs
+
+    loader, scorers = wrapping_loader(
+        lambda s: WrappedScorer(s, fail_if=big, error=lambda: torch.OutOfMemoryError("CUDA oom"))
+    )
+    server = server_factory(xlmr_dir, loader=loader, max_wait_ms=30, max_batch_tokens=4096)
+    docs = [f"document {i} about mars" for i in range(9)]
+    with server.client() as c:
+        r = c.post("/v1/rerank", json={"query": "red planet", "documents": docs})
+    assert r.status_code == 200, r.text
+    got = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+    want = reference_scores(xlmr_dir, "red planet", docs)
+    assert max(abs(got[i] - w) for i, w in enumerate(want)) < 1e-5
+    assert server.metric("reranker_out_of_memory_total") >= 1
+    assert server.metric("reranker_batch_token_budget") <= 2048
+    assert any(failed for _, failed in scorers[0].log)
+    assert all(len(ids) <= 2 for ids, failed in scorers[0].log if not failed)
+
+
+def test_a_hung_forward_answers_504_at_the_deadline_and_drops_queued_work(
+    server_factory: ServerFactory, xlmr_dir: str
+) -> None:
+    loader, made = wrapping_loader(lambda s: WrappedScorer(s, delay_s=2.0))
+    server = server_factory(xlmr_dir, loader=loader, max_wait_ms=0, max_batch_tokens=48)
+    hang_marker = server.runtime.loaded_model.encoder.encode_query("Saturn")[1]
+    made[0].delay_if = _contains(hang_marker)
+    dropped_before = server.metric("reranker_items_dropped_total")
+    with server.client() as c:
+        t0 = time.monotonic()
+        r = c.post(
+            "/v1/rerank",
+            json={"query": "Saturn", "documents": [f"doc {i}" for i in range(12)]},
+            headers={"x-request-timeout": "0.5"},
+        )
+        elapsed = time.monotonic() - t0
+        assert r.status_code == 504 and "deadline" in r.json()["detail"]
+        assert 0.45 < elapsed < 1.5
+        time.sleep(2.2)  # the hung batch ends; nothing else of that request reaches the model
+        r = c.post("/v1/rerank", json={"query": "fine", "documents": ["a", "b"]})
+        assert r.status_code == 200
+    zebra_batches = [ids for ids, _ in made[0].log if any(hang_marker in x for x in ids)]
+    assert len(zebra_batches) == 1, "queued items of the timed-out request were scored"
+    assert server.metric("reranker_items_dropped_total") > dropped_before
+    assert server.metric("reranker_failures_total", {"reason": "deadline_exceeded"}) == 1
+
+
+def test_bad_timeout_header_is_422(server_factory: ServerFactory, xlmr_dir: str) -> None:
+    server = server_factory(xlmr_dir)
+    with server.client() as c:
+        for bad in ("0", "-1", "soon", "nan"):
+            r = c.post("/v1/rerank", json={"query": "q", "documents": ["a"]},
+                       headers={"x-request-timeout": bad})
+            assert r.status_code == 422 and "x-request-timeout" in r.json()["detail"]
+
+
+async def test_a_dying_worker_fails_its_batch_and_is_restarted(
+    server_factory: ServerFactory, xlmr_dir: str
+) -> None:
+    loader, made = wrapping_loader(lambda s: WrappedScorer(s, error=WorkerKilled))
+    server = server_factory(xlmr_dir, loader=loader, max_wait_ms=0)
+    marker = server.runtime.loaded_model.encoder.encode_query("Saturn")[1]
+    kills = {"left": 1}
+
+    def once(ids: Sequence[Sequence[int]]) -> bool:
+        if any(marker in x for x in ids) and kills["left"]:
+            kills["left"] -= 1
+            return True
+        return False
+
+    made[0].fail_if = once
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        r = await client.post("/v1/rerank", json={"query": "Saturn", "documents": ["a"]})
+        assert r.status_code == 500 and "retry" in r.json()["detail"]
+        deadline = time.monotonic() + 10
+        while (await client.get("/ready")).status_code != 200:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        ok = await asyncio.gather(
+            *(client.post("/v1/rerank", json={"query": "Saturn", "documents": [f"d{i}"]})
+              for i in range(5))
+        )
+    assert [x.status_code for x in ok] == [200] * 5
+    assert server.metric("reranker_worker_restarts_total") == 1
+    assert server.runtime.phase == "ready" and not server.fatal
+
+
+def test_repeated_worker_deaths_give_up(server_factory: ServerFactory, xlmr_dir: str) -> None:
+    loader, made = wrapping_loader(lambda s: WrappedScorer(s, error=WorkerKilled))
+    server = server_factory(xlmr_dir, loader=loader, max_wait_ms=0)
+    made[0].fail_if = _contains(server.runtime.loaded_model.encoder.encode_query("Saturn")[1])
+    with server.client() as c:
+        for _ in range(3):
+            r = c.post("/v1/rerank", json={"query": "Saturn", "documents": ["d"]})
+            assert r.status_code in (500, 503), r.text
+            time.sleep(0.3)
+        deadline = time.monotonic() + 5
+        while not server.fatal:
+            assert time.monotonic() < deadline, "the runtime never gave up"
+            time.sleep(0.05)
+        assert server.runtime.phase == "failed"
+        assert c.get("/ready").status_code == 503
+        r = c.post("/v1/rerank", json={"query": "q", "documents": ["x"]})
+        assert r.status_code == 503 and "failed" in r.json()["detail"]
