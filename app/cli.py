@@ -6,7 +6,6 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from pydantic import ValidationError
@@ -122,6 +121,7 @@ def serve(settings: Settings) -> int:
 
     from app.engine.loading import resolve_model_dir
     from app.main import create_app
+    from app.server import DrainingServer
 
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -142,21 +142,11 @@ def serve(settings: Settings) -> int:
             server.should_exit = True
 
     app = create_app(settings, on_fatal=on_fatal)
-    runtime = app.state.runtime
-
-    class DrainingServer(uvicorn.Server):
-        """On SIGTERM/SIGINT, readiness and new requests turn 503 at once; uvicorn then stops
-        accepting connections and waits up to the grace period for in-flight requests."""
-
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            runtime.begin_shutdown()
-            super().handle_exit(sig, frame)
-
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
     )
-    server = DrainingServer(config)
+    server = DrainingServer(config, app.state.runtime)
     # uvicorn re-raises the signal that stopped it once it has drained; with these handlers a
     # SIGTERM/SIGINT shutdown that drained cleanly ends the process with status 0.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -17,6 +17,7 @@ import uvicorn
 from app.config import Settings
 from app.main import create_app
 from app.runtime import Loader, default_loader
+from app.server import DrainingServer
 from app.testmodel import write_jina_checkpoint, write_test_model
 
 
@@ -65,7 +66,7 @@ class LiveServer:
         self.port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(self.app, log_level="warning", timeout_graceful_shutdown=5)
-        self.server = uvicorn.Server(config)
+        self.server = DrainingServer(config, self.app.state.runtime)
         self._thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True
         )

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 
 from app.api.auth import require_api_key
 from app.api.body import read_json, request_body_doc
@@ -17,6 +17,7 @@ from app.api.schemas import (
     ModelList,
     RerankRequest,
     RerankResponse,
+    Status,
     check_text_limits,
 )
 from app.errors import DeadlineExceeded, InvalidRequest, ModelNotServed, RequestTooLarge
@@ -155,12 +156,17 @@ async def models(request: Request) -> Response:
     return JSONBytes(ModelList(data=[card]).model_dump())
 
 
-@ops.get("/health", summary="Liveness: the process is up")
+@ops.get("/health", summary="Liveness: the process is up", response_model=Status)
 async def health() -> Response:
     return JSONBytes({"status": "ok"})
 
 
-@ops.get("/ready", summary="Readiness: 200 once the model is loaded and warmed up")
+@ops.get(
+    "/ready",
+    summary="Readiness: 200 once the model is loaded and warmed up",
+    response_model=Status,
+    responses={503: {"model": Status, "description": "Loading, recovering or shutting down"}},
+)
 async def ready(request: Request) -> Response:
     runtime = runtime_of(request)
     if runtime.phase == "ready":
@@ -172,6 +178,11 @@ async def ready(request: Request) -> Response:
     )
 
 
-@ops.get("/metrics", summary="Prometheus metrics")
+@ops.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 async def metrics(request: Request) -> Response:
     return Response(runtime_of(request).metrics.render(), media_type=CONTENT_TYPE)

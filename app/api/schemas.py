@@ -149,3 +149,8 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: str = "list"
     data: list[ModelCard]
+
+
+class Status(BaseModel):
+    status: str
+    detail: str | None = None
