@@ -1,0 +1,118 @@
+"""Load generation over HTTP (asyncio + httpx): closed loop (N clients for T seconds) and open
+loop (Poisson arrivals at R requests/s), with latency percentiles and errors by status."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from bench.workload import Request
+
+Body = Callable[[Request], dict[str, Any]]
+
+
+def jina_body(req: Request) -> dict[str, Any]:
+    return {"query": req.query, "documents": req.documents, "return_documents": False}
+
+
+@dataclass
+class Stats:
+    latencies: list[float] = field(default_factory=list)
+    statuses: Counter[str] = field(default_factory=Counter)
+    documents: int = 0
+    started: float = 0.0
+    ended: float = 0.0
+
+    def record(self, status: str, latency: float, documents: int) -> None:
+        self.statuses[status] += 1
+        if status == "200":
+            self.latencies.append(latency)
+            self.documents += documents
+
+    @property
+    def seconds(self) -> float:
+        return max(1e-9, self.ended - self.started)
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "requests_per_s": len(self.latencies) / self.seconds,
+            "documents_per_s": self.documents / self.seconds,
+            "p50_ms": 1000 * self.percentile(0.50),
+            "p95_ms": 1000 * self.percentile(0.95),
+            "p99_ms": 1000 * self.percentile(0.99),
+            "max_ms": 1000 * max(self.latencies, default=float("nan")),
+            "errors": sum(v for k, v in self.statuses.items() if k != "200"),
+        }
+
+
+async def _one(client: httpx.AsyncClient, path: str, body: dict[str, Any], stats: Stats,
+               documents: int, record: bool) -> None:
+    t0 = time.perf_counter()
+    try:
+        r = await client.post(path, json=body)
+        status = str(r.status_code)
+    except httpx.HTTPError as exc:
+        status = type(exc).__name__
+    if record:
+        stats.record(status, time.perf_counter() - t0, documents)
+
+
+async def closed_loop(
+    url: str, path: str, requests: list[Request], *, concurrency: int, seconds: float,
+    warmup_s: float = 2.0, body: Body = jina_body, timeout: float = 120.0,
+) -> Stats:
+    """`concurrency` clients send back to back for `warmup_s + seconds`; warm-up not counted."""
+    stats = Stats()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
+        start = time.perf_counter()
+        stats.started = start + warmup_s
+        stop = stats.started + seconds
+
+        async def client_loop(worker: int) -> None:
+            i = worker
+            while (now := time.perf_counter()) < stop:
+                req = requests[i % len(requests)]
+                await _one(client, path, body(req), stats, len(req.documents), now >= stats.started)
+                i += concurrency
+
+        await asyncio.gather(*(client_loop(w) for w in range(concurrency)))
+        stats.ended = time.perf_counter()
+    return stats
+
+
+async def open_loop(
+    url: str, path: str, requests: list[Request], *, rate: float, count: int, seed: int = 0,
+    body: Body = jina_body, timeout: float = 120.0,
+) -> Stats:
+    """`count` requests with Poisson arrivals at `rate`/s, each sent when it is due."""
+    stats = Stats()
+    rng = random.Random(seed)
+    async with httpx.AsyncClient(base_url=url, timeout=timeout,
+                                 limits=httpx.Limits(max_connections=None)) as client:
+        tasks = []
+        stats.started = time.perf_counter()
+        due = stats.started
+        for i in range(count):
+            due += rng.expovariate(rate)
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            req = requests[i % len(requests)]
+            tasks.append(asyncio.ensure_future(
+                _one(client, path, body(req), stats, len(req.documents), True)
+            ))
+        await asyncio.gather(*tasks)
+        stats.ended = time.perf_counter()
+    return stats
