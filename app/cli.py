@@ -145,6 +145,7 @@ def serve(settings: Settings) -> int:
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
+        access_log=False,  # app.access logs each request, with its request id
     )
     server = DrainingServer(config, app.state.runtime)
     # uvicorn re-raises the signal that stopped it once it has drained; with these handlers a

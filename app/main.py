@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.api import jina
 from app.api.handlers import install_error_handlers
 from app.api.middleware import ServingMiddleware
 from app.api.routes import ops, v1
@@ -44,6 +45,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.include_router(jina.router)
     app.include_router(v1)
     app.include_router(ops)
     install_error_handlers(app)

@@ -6,6 +6,7 @@ No HTTP and no torch here; the api layer calls `rerank`, the batching layer does
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,19 @@ class RankedDocument:
     index: int
     score: float
     logit: float
+
+
+@dataclass(frozen=True, slots=True)
+class Truncation:
+    """What a client explicitly asked to cut (never applied by default)."""
+
+    max_doc_tokens: int | None = None
+    """Cut each document to this many tokens (Cohere v2 `max_tokens_per_doc`)."""
+    keep_tail: bool = False
+    """Keep a cut document's end instead of its start (TEI `truncation_direction: Left`)."""
+    max_windows: int | None = None
+    """Score only this many windows per document (Cohere v1 `max_chunks_per_doc`; 1 for TEI's
+    `truncate`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +76,11 @@ class RerankService:
         self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)
 
     async def rerank(
-        self, query: str, documents: Sequence[str], top_n: int | None = None
+        self,
+        query: str,
+        documents: Sequence[str],
+        top_n: int | None = None,
+        truncation: Truncation | None = None,
     ) -> RerankOutcome:
         """Documents ranked by relevance to the query (score desc, then index asc), cut to top_n.
 
@@ -77,9 +95,12 @@ class RerankService:
             (first_seen.setdefault(text, len(first_seen)) for text in documents),
             dtype=np.int64, count=len(documents),
         )
-        encoded: EncodedRequest = await loop.run_in_executor(
-            self._tokenizer_pool, self.encoder.encode, query, list(first_seen)
+        cut = truncation or Truncation()
+        encode = functools.partial(
+            self.encoder.encode, query, list(first_seen), max_doc_tokens=cut.max_doc_tokens,
+            keep_tail=cut.keep_tail, max_windows=cut.max_windows,
         )
+        encoded: EncodedRequest = await loop.run_in_executor(self._tokenizer_pool, encode)
         tokenization_s = time.perf_counter() - t0
         self._metrics.tokenization_duration.observe(tokenization_s)
         if encoded.input_tokens > self.max_request_tokens:

@@ -1,13 +1,20 @@
-"""Pure ASGI middleware: body size limit, per-route request metrics, `x-total-time` header."""
+"""Pure ASGI middleware: request ids, body size limit, per-route request metrics and log
+line, `x-total-time` header."""
 
 from __future__ import annotations
 
+import logging
+import re
 import time
+import uuid
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.metrics import Metrics
+
+log = logging.getLogger("app.access")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,200}")
 
 
 class ServingMiddleware:
@@ -25,15 +32,19 @@ class ServingMiddleware:
         start = time.perf_counter()
         status = 500
         headers = dict(scope["headers"])
+        sent_id = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = sent_id if _REQUEST_ID.fullmatch(sent_id) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_timed(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 elapsed_ms = (time.perf_counter() - start) * 1000.0
-                message.setdefault("headers", [])
                 message["headers"] = [
-                    *message["headers"], (b"x-total-time", f"{elapsed_ms:.2f}".encode())
+                    *message.get("headers", []),
+                    (b"x-total-time", f"{elapsed_ms:.2f}".encode()),
+                    (b"x-request-id", request_id.encode()),
                 ]
             await send(message)
 
@@ -49,8 +60,14 @@ class ServingMiddleware:
             await self.app(scope, _replay(body, receive), send_timed)
         finally:
             route = _route_label(scope)
+            elapsed = time.perf_counter() - start
             self.metrics.requests.labels(route=route, status=str(status)).inc()
-            self.metrics.request_duration.labels(route=route).observe(time.perf_counter() - start)
+            self.metrics.request_duration.labels(route=route).observe(elapsed)
+            log.log(
+                logging.WARNING if status >= 500 else logging.INFO,
+                "%s %s %d %.1fms request_id=%s",
+                scope["method"], scope["path"], status, elapsed * 1000, request_id,
+            )
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         chunks: list[bytes] = []

@@ -6,8 +6,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.errors import RequestTooLarge
-
 
 def check_text(value: str) -> str:
     """Reject strings the tokenizer cannot take (lone UTF-16 surrogates from JSON escapes)."""
@@ -45,10 +43,21 @@ class RerankRequest(BaseModel):
     model: str | None = Field(None, description="Must name the served model when given.")
     query: str = Field(description="The search query.")
     documents: list[str | dict[str, Any]] = Field(
-        description="Strings, or objects with a string `text` field (other fields are echoed)."
+        description="Strings, or objects: ranked on `text` (or `rank_fields`, or the whole"
+        " object as sorted JSON); every field is echoed back."
     )
     top_n: int | None = Field(None, ge=1, description="Return at most this many results.")
     return_documents: bool = Field(True, description="Echo each document in the results.")
+    rank_fields: list[str] | None = Field(
+        None,
+        description="Cohere v1: for object documents, the fields ranked on (as `field: value`"
+        " lines); default: `text`, or the whole object as sorted JSON when it has none.",
+    )
+    max_chunks_per_doc: int | None = Field(
+        None, ge=1,
+        description="Cohere v1: score at most this many windows of each long document (its"
+        " start); default: every window.",
+    )
 
     @field_validator("query")
     @classmethod
@@ -63,20 +72,12 @@ class RerankRequest(BaseModel):
                 raise ValueError(
                     f"document {i} nests objects or arrays deeper than {MAX_NESTING} levels"
                 )
-            text = doc if isinstance(doc, str) else doc.get("text")
-            if not isinstance(text, str):
+            if isinstance(doc, dict) and "text" in doc and not isinstance(doc["text"], str):
                 raise ValueError(
-                    f"document {i} is an object without a string 'text' field;"
-                    " send a string or an object like {\"text\": \"...\"}"
+                    f"document {i} has a 'text' field that is not a string;"
+                    " send an object like {\"text\": \"...\"}"
                 )
-            try:
-                check_text(text)
-            except ValueError as exc:
-                raise ValueError(f"document {i} {exc}") from None
         return docs
-
-    def texts(self) -> list[str]:
-        return [d if isinstance(d, str) else d["text"] for d in self.documents]
 
 
 MAX_NESTING = 32
@@ -100,21 +101,6 @@ def nesting_depth(value: Any) -> int:
     return deepest
 
 
-def check_text_limits(body: RerankRequest, max_query_chars: int, max_document_chars: int) -> None:
-    """Per-string limits, each named in the error so a client knows what to shorten."""
-    if len(body.query) > max_query_chars:
-        raise RequestTooLarge(
-            f"the query has {len(body.query)} characters; the limit is {max_query_chars}"
-            " (max_query_chars)"
-        )
-    for i, text in enumerate(body.texts()):
-        if len(text) > max_document_chars:
-            raise RequestTooLarge(
-                f"document {i} has {len(text)} characters; the limit is {max_document_chars}"
-                " (max_document_chars): split it"
-            )
-
-
 class Usage(BaseModel):
     total_tokens: int = Field(description="Tokens fed to the model, windows and specials included.")
 
@@ -125,10 +111,25 @@ class RerankResult(BaseModel):
     document: dict[str, Any] | None = None
 
 
+class ApiVersion(BaseModel):
+    version: str
+
+
+class BilledUnits(BaseModel):
+    search_units: int
+
+
+class Meta(BaseModel):
+    api_version: ApiVersion
+    billed_units: BilledUnits
+
+
 class RerankResponse(BaseModel):
+    id: str = Field(description="The request id (x-request-id), as Cohere clients read it.")
     model: str
     usage: Usage
     results: list[RerankResult]
+    meta: Meta
 
 
 class ErrorBody(BaseModel):

@@ -64,8 +64,21 @@ class PairEncoder:
             return [*query_ids, *window, self.sep_id]
         return [*query_ids, self.sep_id, *window, self.sep_id]
 
-    def encode(self, query: str, documents: Sequence[str]) -> EncodedRequest:
-        """Every (query, window) pair of a request, documents in order, windows in order."""
+    def encode(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        max_doc_tokens: int | None = None,
+        keep_tail: bool = False,
+        max_windows: int | None = None,
+    ) -> EncodedRequest:
+        """Every (query, window) pair of a request, documents in order, windows in order.
+
+        Only on a client's explicit request: `max_doc_tokens` cuts each document to that many
+        tokens, `max_windows` scores only that many windows of a document; both keep the
+        document's start, or its end with `keep_tail`.
+        """
         query_ids = self.encode_query(query)
         budget = window_budget(self.max_length, len(query_ids))
         split = len(query_ids)
@@ -73,8 +86,13 @@ class PairEncoder:
         total = 0
         inputs = len(query_ids)
         for doc, doc_ids in enumerate(self.encode_documents(documents)):
+            if max_doc_tokens is not None and len(doc_ids) > max_doc_tokens:
+                doc_ids = doc_ids[-max_doc_tokens:] if keep_tail else doc_ids[:max_doc_tokens]
             inputs += len(doc_ids)
-            for start, end in window_spans(len(doc_ids), budget):
+            spans = window_spans(len(doc_ids), budget)
+            if max_windows is not None and len(spans) > max_windows:
+                spans = spans[-max_windows:] if keep_tail else spans[:max_windows]
+            for start, end in spans:
                 ids = self.pair_ids(query_ids, doc_ids[start:end])
                 total += len(ids)
                 pairs.append(Pair(ids, split, doc))

@@ -106,7 +106,7 @@ def test_timing_headers(client: httpx.Client) -> None:
          "documents"),
         (b'{"query": "q", "documents": [1]}', {"content-type": "application/json"}, 422,
          "documents.0"),
-        (b'{"query": "q", "documents": [{"title": "no text"}]}',
+        (b'{"query": "q", "documents": [{"text": 5}]}',
          {"content-type": "application/json"}, 422, "'text'"),
         (b'{"query": "q", "documents": ["a"], "top_n": 0}',
          {"content-type": "application/json"}, 422, "top_n"),

@@ -34,8 +34,8 @@ async def test_burst_past_capacity(server_factory: ServerFactory, xlmr_dir: str)
     docs = [f"document {j} about the red planet mars" for j in range(8)]
     limits = httpx.Limits(max_connections=BURST + 10, max_keepalive_connections=BURST + 10)
     async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits) as client:
-        warm = [await _timed(client, {"query": "q", "documents": docs}) for _ in range(5)]
-        baseline = sorted(t for _, t, _ in warm)[2]
+        warm = [await _timed(client, {"query": "q", "documents": docs}) for _ in range(9)]
+        baseline = sorted(t for _, t, _ in warm)[4]
         rss_before = rss_mb()
 
         t0 = time.monotonic()
@@ -46,8 +46,9 @@ async def test_burst_past_capacity(server_factory: ServerFactory, xlmr_dir: str)
         burst_s = time.monotonic() - t0
         rss_after = rss_mb()
 
-        after = [await _timed(client, {"query": "q", "documents": docs}) for _ in range(5)]
-        recovered = sorted(t for _, t, _ in after)[2]
+        await asyncio.sleep(0.5)
+        after = [await _timed(client, {"query": "q", "documents": docs}) for _ in range(9)]
+        recovered = sorted(t for _, t, _ in after)[4]
 
     errors = [r for r in results if isinstance(r, BaseException)]
     assert not errors, f"connection errors: {errors[:3]}"
@@ -59,7 +60,7 @@ async def test_burst_past_capacity(server_factory: ServerFactory, xlmr_dir: str)
     assert all(int(ra) >= 1 for s, _, ra in answered if s == 429)
     assert max(t for _, t, _ in answered) < 20  # within the deadline asked for
     assert rss_after - rss_before < 200, (rss_before, rss_after)
-    assert recovered < 3 * baseline + 0.05, (baseline, recovered)
+    assert recovered < 3 * baseline + 0.1, (baseline, recovered)
     assert server.metric("reranker_queue_items") == 0
     print(f"burst of {BURST}: {statuses.count(200)} x 200, {statuses.count(429)} x 429 in"
           f" {burst_s:.2f} s; p50 latency before {baseline * 1000:.0f} ms, after"
