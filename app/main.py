@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import jina
+from app.api import cohere, jina, tei
 from app.api.handlers import install_error_handlers
 from app.api.middleware import ServingMiddleware
 from app.api.routes import ops, v1
@@ -46,6 +46,8 @@ def create_app(
     )
     app.state.runtime = runtime
     app.include_router(jina.router)
+    app.include_router(cohere.router)
+    app.include_router(tei.router)
     app.include_router(v1)
     app.include_router(ops)
     install_error_handlers(app)

@@ -48,11 +48,13 @@ def reference_windows(doc_ids: list[int], budget: int) -> list[list[int]]:
     return out
 
 
-def reference_pairs(model_dir: str, query: str, doc: str) -> list[tuple[list[int], list[int]]]:
-    """(input_ids, token_type_ids) of every window of `doc`."""
+def reference_pairs(
+    model_dir: str, query: str, doc: str, cut: int | None = None
+) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, token_type_ids) of every window of `doc` (its first `cut` tokens if given)."""
     tok, _, max_len, is_bert = _load(model_dir)
     q = tok(query, truncation=True, max_length=min(512, max_len // 2))["input_ids"]
-    d = tok(doc, add_special_tokens=False)["input_ids"]
+    d = tok(doc, add_special_tokens=False)["input_ids"][:cut]
     sep = tok.sep_token_id
     pairs = []
     for window in reference_windows(d, max_len - len(q) - 2):
@@ -67,11 +69,14 @@ def reference_pairs(model_dir: str, query: str, doc: str) -> list[tuple[list[int
 
 
 @torch.inference_mode()
-def reference_logit(model_dir: str, query: str, doc: str) -> float:
+def reference_logit(
+    model_dir: str, query: str, doc: str, cut: int | None = None, windows: slice | None = None
+) -> float:
+    """Max logit over the document's windows (only `windows` of them, if given)."""
     _, model, _, _ = _load(model_dir)
     with_types = getattr(model.config, "type_vocab_size", 0) > 0  # type: ignore[attr-defined]
     best = -float("inf")
-    for ids, types in reference_pairs(model_dir, query, doc):
+    for ids, types in reference_pairs(model_dir, query, doc, cut)[windows or slice(None)]:
         extra = {"token_type_ids": torch.tensor([types])} if with_types else {}
         out = model(input_ids=torch.tensor([ids]), **extra).logits[0, 0]  # type: ignore[operator]
         best = max(best, float(out))

@@ -16,6 +16,18 @@ from app.errors import INTERNAL_ERROR_DETAIL, RerankError, error_response_parts
 log = logging.getLogger(__name__)
 
 
+# TEI clients read `error` and `error_type` (next to `detail`) on its `/rerank` route.
+_TEI_ERROR_TYPES = {401: "Unauthorized", 429: "Overloaded", 500: "Backend", 503: "Unhealthy",
+                    504: "Backend"}
+
+
+def error_body(request: Request, status: int, body: dict[str, Any]) -> dict[str, Any]:
+    if request.url.path == "/rerank":
+        body = {**body, "error": body["detail"],
+                "error_type": _TEI_ERROR_TYPES.get(status, "Validation")}
+    return body
+
+
 def _location(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body",)]
     return ".".join(parts) or "body"
@@ -30,7 +42,7 @@ async def on_rerank_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RerankError)
     status, headers, body = error_response_parts(exc)
     request.app.state.runtime.metrics.failures.labels(reason=exc.reason).inc()
-    return JSONBytes(body, status_code=status, headers=headers)
+    return JSONBytes(error_body(request, status, body), status_code=status, headers=headers)
 
 
 async def on_validation_error(request: Request, exc: Exception) -> Response:
@@ -41,22 +53,22 @@ async def on_validation_error(request: Request, exc: Exception) -> Response:
         {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
         for e in errors
     ]
-    return JSONBytes(
-        {"detail": describe_validation_errors(errors), "errors": compact}, status_code=422
-    )
+    body = {"detail": describe_validation_errors(errors), "errors": compact}
+    return JSONBytes(error_body(request, 422, body), status_code=422)
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return JSONBytes(
-        {"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
-    )
+    body = error_body(request, exc.status_code, {"detail": str(exc.detail)})
+    return JSONBytes(body, status_code=exc.status_code, headers=exc.headers)
 
 
 async def on_unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     request.app.state.runtime.metrics.failures.labels(reason="internal").inc()
-    return JSONBytes({"detail": INTERNAL_ERROR_DETAIL}, status_code=500)
+    return JSONBytes(
+        error_body(request, 500, {"detail": INTERNAL_ERROR_DETAIL}), status_code=500
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
