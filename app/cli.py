@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ _SERVE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--api-key", "api_keys", {"action": "append"}),
     ("--hf-cache-dir", "hf_cache_dir", {}),
     ("--log-level", "log_level", {}),
+    ("--log-format", "log_format", {"choices": ["text", "json"]}),
 ]
 
 
@@ -120,13 +120,11 @@ def serve(settings: Settings) -> int:
     import uvicorn
 
     from app.engine.loading import resolve_model_dir
+    from app.logs import configure_logging
     from app.main import create_app
     from app.server import DrainingServer
 
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)
     try:
         resolve_model_dir(settings.model, settings.hf_cache_dir)
     except ModelUnavailable as exc:

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     )
     hf_cache_dir: str | None = Field(None, description="Hugging Face cache directory.")
     log_level: str = Field("info", description="Log level.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json: one JSON object per line, for log shippers."
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

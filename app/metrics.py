@@ -105,6 +105,16 @@ class Metrics:
         self.worker_restarts = Counter(
             "reranker_worker_restarts", "Device worker threads restarted after dying.", registry=r
         )
+        self.queue_capacity = Gauge(
+            "reranker_queue_capacity", "Items the queue holds before answering 429 (max_queue).",
+            registry=r,
+        )
+        self.device_memory = Gauge(
+            "reranker_device_memory_bytes",
+            "Accelerator memory held by the model replica, by device and kind (allocated,"
+            " reserved).",
+            ["device", "kind"], registry=r,
+        )
         self.ready = Gauge(
             "reranker_ready", "1 when the model is loaded, warmed up and serving.", registry=r
         )

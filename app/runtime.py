@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import Literal
 from app.batching.scheduler import Scheduler
 from app.batching.worker import Worker
 from app.config import Settings
+from app.engine.backends import device_memory_bytes
 from app.engine.loading import LoadedModel, load_model
 from app.errors import NotReady
 from app.metrics import Metrics
@@ -93,6 +95,13 @@ class Runtime:
                 workers=len(self.model.scorers),
             )
             self.metrics.batch_token_budget.set(self.settings.max_batch_tokens)
+            self.metrics.queue_capacity.set(self.settings.max_queue)
+            for device in self.model.devices:
+                if device.startswith("cuda"):
+                    for kind in ("allocated", "reserved"):
+                        self.metrics.device_memory.labels(device=device, kind=kind).set_function(
+                            functools.partial(device_memory_bytes, device, kind)
+                        )
             await asyncio.to_thread(self._warm_up_longest, self.model)
             self._workers = [
                 Worker(self._scheduler, scorer, self.metrics) for scorer in self.model.scorers

@@ -71,3 +71,10 @@ def release_cached_memory() -> None:
     """Give cached CUDA blocks back after an out-of-memory error, before retrying."""
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def device_memory_bytes(device: str, kind: str) -> float:
+    """CUDA memory `allocated` by tensors or `reserved` by the caching allocator."""
+    if kind == "allocated":
+        return float(torch.cuda.memory_allocated(device))
+    return float(torch.cuda.memory_reserved(device))
