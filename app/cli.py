@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,8 @@ def serve(settings: Settings) -> int:
     from app.server import DrainingServer
 
     configure_logging(settings.log_level, settings.log_format)
+    if settings.log_format == "json":  # progress bars would break the one-object-per-line log
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         resolve_model_dir(settings.model, settings.hf_cache_dir)
     except ModelUnavailable as exc:
@@ -144,6 +147,7 @@ def serve(settings: Settings) -> int:
         app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
         access_log=False,  # app.access logs each request, with its request id
+        log_config=None,  # uvicorn's loggers go through configure_logging's handler
     )
     server = DrainingServer(config, app.state.runtime)
     # uvicorn re-raises the signal that stopped it once it has drained; with these handlers a

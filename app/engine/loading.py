@@ -68,6 +68,7 @@ def resolve_model_dir(model: str, cache_dir: str | None = None) -> Path:
             snapshot = fetch(False, _HUB_FILES)
         if not any(snapshot.glob("*.safetensors")):
             snapshot = fetch(False, [*_HUB_FILES, "pytorch_model.bin"])
+        log.info("model %s is in %s", model, snapshot)
     except Exception as exc:
         raise ModelUnavailable(
             f"model {model!r} is not a local directory, not in the Hugging Face cache, and could"

@@ -110,3 +110,33 @@ def test_an_unloadable_model_stops_the_server_with_status_1(tmp_path: Path) -> N
     last = result.stderr.splitlines()[-1]
     assert last.startswith("reranker: ") and str(tmp_path) in last
     assert "Traceback" not in result.stderr
+
+
+def test_json_logs_show_the_start_up_phases(xlmr_dir: str) -> None:
+    port = _free_port()
+    server = subprocess.Popen(
+        [*RERANKER, "serve", "--model", xlmr_dir, "--device", "cpu", "--port", str(port),
+         "--host", "127.0.0.1", "--log-format", "json"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None
+            time.sleep(0.1)
+        httpx.post(f"http://127.0.0.1:{port}/v1/rerank", json={"query": "q", "documents": ["a"]},
+                   headers={"x-request-id": "log-me"})
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=30)
+    entries = [orjson.loads(line) for line in stderr.splitlines() if line.strip()]
+    messages = [e["message"] for e in entries]
+    assert all({"time", "level", "logger", "message"} <= e.keys() for e in entries)
+    for phase in ("loading model", "loaded ", "warming up", "ready: serving"):
+        assert any(m.startswith(phase) for m in messages), (phase, messages)
+    assert any("request_id=log-me" in m for m in messages)
