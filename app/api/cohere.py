@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.auth import require_api_key
 from app.api.body import read_json, request_body_doc
@@ -20,7 +20,7 @@ from app.api.common import (
 )
 from app.api.documents import rank_text
 from app.api.responses import JSONBytes
-from app.api.schemas import ApiVersion, BilledUnits, check_text
+from app.api.schemas import ApiVersion, BilledUnits
 from app.service import Truncation
 
 router = APIRouter(prefix="/v2", dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
@@ -42,10 +42,6 @@ class CohereV2Request(BaseModel):
     )
     priority: int | None = Field(None, description="Accepted for compatibility; not used.")
 
-    @field_validator("query")
-    @classmethod
-    def _query_text(cls, value: str) -> str:
-        return check_text(value)
 
 
 class V2Result(BaseModel):

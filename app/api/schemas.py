@@ -7,19 +7,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
-def check_text(value: str) -> str:
-    """Reject strings the tokenizer cannot take (lone UTF-16 surrogates from JSON escapes)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        bad = value[exc.start]
-        raise ValueError(
-            f"contains a lone surrogate (U+{ord(bad):04X}) at character {exc.start};"
-            " send valid Unicode text"
-        ) from None
-    return value
-
-
 class RerankRequest(BaseModel):
     """Jina's rerank request. Unknown fields are ignored, as Jina's API does."""
 
@@ -59,10 +46,6 @@ class RerankRequest(BaseModel):
         " start); default: every window.",
     )
 
-    @field_validator("query")
-    @classmethod
-    def _query_text(cls, value: str) -> str:
-        return check_text(value)
 
     @field_validator("documents")
     @classmethod

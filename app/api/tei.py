@@ -6,13 +6,12 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.auth import require_api_key
 from app.api.body import read_json, request_body_doc
 from app.api.common import ERROR_RESPONSES, disconnected_response, score, timing_headers
 from app.api.responses import JSONBytes
-from app.api.schemas import check_text
 from app.service import Truncation
 
 router = APIRouter(dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
@@ -32,10 +31,6 @@ class TeiRerankRequest(BaseModel):
     )
     truncation_direction: Literal["Right", "Left", "right", "left"] = "Right"
 
-    @field_validator("query")
-    @classmethod
-    def _query_text(cls, value: str) -> str:
-        return check_text(value)
 
 
 class TeiRank(BaseModel):

@@ -5,10 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,9 +13,7 @@ import orjson
 import pytest
 
 from app.cli import _SERVE_FLAGS
-
-ROOT = Path(__file__).resolve().parents[2]
-RERANKER = [sys.executable, "-m", "app.cli"]
+from tests.cli_server import RERANKER, ROOT, free_port, spawn_server
 
 
 def _run(
@@ -58,12 +53,6 @@ def test_bad_flag_value_is_rejected() -> None:
     assert result.returncode == 2 and "device" in result.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _readme_block(marker: str) -> str:
     text = (ROOT / "README.md").read_text()
     match = re.search(rf"<!-- {marker} -->\s*```(?:bash|sh)\n(.*?)```", text, re.S)
@@ -76,24 +65,9 @@ def test_readme_quickstart_works(tmp_path: Path) -> None:
     model_dir = tmp_path / "tiny"
     made = _run("make-test-model", str(model_dir), "--max-length", "128")
     assert made.returncode == 0, made.stderr
-    port = _free_port()
-    server = subprocess.Popen(
-        [*RERANKER, "serve", "--model", str(model_dir), "--device", "cpu", "--port", str(port),
-         "--host", "127.0.0.1"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
+    server, url = spawn_server("--model", str(model_dir), "--device", "cpu")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        curl = _readme_block("example: rerank").replace("localhost:8080", f"127.0.0.1:{port}")
+        curl = _readme_block("example: rerank").replace("http://localhost:8080", url)
         out = subprocess.run(["bash", "-c", curl], capture_output=True, timeout=30, check=True)
         body = orjson.loads(out.stdout)
         assert [r["index"] for r in body["results"]] and body["usage"]["total_tokens"] > 0
@@ -105,7 +79,7 @@ def test_readme_quickstart_works(tmp_path: Path) -> None:
 
 def test_an_unloadable_model_stops_the_server_with_status_1(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"model_type": "gpt2", "num_labels": 1}')
-    result = _run("serve", "--model", str(tmp_path), "--port", str(_free_port()), timeout=60)
+    result = _run("serve", "--model", str(tmp_path), "--port", str(free_port()), timeout=60)
     assert result.returncode == 1
     last = result.stderr.splitlines()[-1]
     assert last.startswith("reranker: ") and str(tmp_path) in last
@@ -113,23 +87,9 @@ def test_an_unloadable_model_stops_the_server_with_status_1(tmp_path: Path) -> N
 
 
 def test_json_logs_show_the_start_up_phases(xlmr_dir: str) -> None:
-    port = _free_port()
-    server = subprocess.Popen(
-        [*RERANKER, "serve", "--model", xlmr_dir, "--device", "cpu", "--port", str(port),
-         "--host", "127.0.0.1", "--log-format", "json"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
+    server, url = spawn_server("--model", xlmr_dir, "--device", "cpu", "--log-format", "json")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None
-            time.sleep(0.1)
-        httpx.post(f"http://127.0.0.1:{port}/v1/rerank", json={"query": "q", "documents": ["a"]},
+        httpx.post(f"{url}/v1/rerank", json={"query": "q", "documents": ["a"]},
                    headers={"x-request-id": "log-me"})
     finally:
         server.terminate()

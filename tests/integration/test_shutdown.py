@@ -4,19 +4,13 @@ and the process exits 0."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 
+from tests.cli_server import spawn_server
 from tests.conftest import ServerFactory
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_begin_shutdown_turns_ready_and_new_requests_503(
@@ -34,12 +28,6 @@ def test_begin_shutdown_turns_ready_and_new_requests_503(
     assert server.metric("reranker_ready") == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _metric(url: str, name: str) -> float:
     for line in httpx.get(f"{url}/metrics").text.splitlines():
         if line.startswith(name + " "):
@@ -48,27 +36,9 @@ def _metric(url: str, name: str) -> float:
 
 
 async def test_sigterm_drains_in_flight_requests_and_exits_0(xlmr_dir: str) -> None:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--model", xlmr_dir, "--device", "cpu",
-         "--dtype", "float32", "--port", str(port), "--host", "127.0.0.1",
-         "--max-batch-tokens", "2048", "--shutdown-grace", "60"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc, url = spawn_server("--model", xlmr_dir, "--device", "cpu", "--dtype", "float32",
+                             "--max-batch-tokens", "2048", "--shutdown-grace", "60")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            try:
-                if httpx.get(f"{url}/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-
         n = 12
         docs = [f"Mars is the red planet number {j} " * 12 for j in range(150)]
         async with httpx.AsyncClient(base_url=url, timeout=120) as client:
