@@ -124,8 +124,9 @@ def write_test_model(
 ) -> Path:
     """Write tokenizer, config and random weights (model.safetensors) to `out_dir`.
 
-    `model_vocab_size` makes the embedding table larger than the trained tokenizer's vocabulary
-    (250002 gives jina-reranker-v2's full shapes for benchmarks).
+    `vocab_size` is the BERT WordPiece target (the XLM-R tokenizer holds the corpus's words);
+    `model_vocab_size` makes the embedding table larger than the tokenizer's vocabulary (250002
+    gives jina-reranker-v2's full shapes for benchmarks).
     """
     import torch
     from transformers import BertConfig, BertForSequenceClassification, XLMRobertaConfig
