@@ -1,9 +1,11 @@
 """One bounded queue of scoring items shared by all requests, and the rule that forms batches.
 
-Requests are submitted from the event loop; device worker threads pull batches. A batch always
-holds the oldest waiting item (so nothing starves) plus the items of the look-ahead window closest
-to it in length, as many as the token budget allows. Results go back to the event loop with one
-`call_soon_threadsafe` per batch.
+Requests are submitted from the event loop; device worker threads pull batches. Each request's
+items wait in their own FIFO. A batch is built around a head item taken from the request that
+has had the fewest tokens scored so far (so a small request is not stuck behind a 500,000-token
+one), except that every OLDEST_EVERY-th batch serves the oldest request (so a large one always
+progresses). Around the head go the look-ahead items closest to it in length, as many as the
+token budget allows. Results go back to the event loop with one `call_soon_threadsafe` per batch.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 
@@ -34,6 +37,8 @@ class Job:
     inference_s: float = 0.0
     abandoned: bool = False
     batches: int = 0
+    dispatched_tokens: int = 0
+    """Tokens of this request already handed to a forward pass (its attained service)."""
 
     def __post_init__(self) -> None:
         self.logits = np.empty(self.size, dtype=np.float32)
@@ -55,6 +60,9 @@ class Item:
     @property
     def length(self) -> int:
         return len(self.ids)
+
+
+OLDEST_EVERY = 4
 
 
 @dataclass(slots=True)
@@ -88,8 +96,10 @@ class Scheduler:
         self.lookahead = lookahead
         self._metrics = metrics
         self._clock = clock
-        self._queue: deque[Item] = deque()
+        self._jobs: OrderedDict[Job, deque[Item]] = OrderedDict()  # in arrival order
+        self._depth = 0
         self._queued_tokens = 0
+        self._batches_formed = 0
         self._cond = threading.Condition()
         self._closed = False
 
@@ -110,13 +120,14 @@ class Scheduler:
         items = [Item(ids, split, job, pos, now) for pos, (ids, split) in enumerate(pairs)]
         tokens = sum(len(ids) for ids, _ in pairs)
         with self._cond:
-            if len(self._queue) + len(items) > self.max_queue:
+            if self._depth + len(items) > self.max_queue:
                 raise QueueFull(
-                    f"the server is at capacity ({len(self._queue)} items queued,"
+                    f"the server is at capacity ({self._depth} items queued,"
                     f" max_queue={self.max_queue}); retry after the Retry-After delay",
                     retry_after_s=self.retry_after_s(),
                 )
-            self._queue.extend(items)
+            self._jobs[job] = deque(items)
+            self._depth += len(items)
             self._queued_tokens += tokens
             self._update_gauges()
             self._cond.notify()
@@ -127,14 +138,14 @@ class Scheduler:
         """Block until a batch is due; None once the scheduler is closed and drained."""
         with self._cond:
             while True:
-                self._drop_abandoned_head()
+                self._drop_abandoned()
                 self._restore_budget()
-                if self._queue:
+                if self._jobs:
                     wait = self._fill_wait()
                     if wait <= 0:
                         batch = self._form_batch()
                         self._update_gauges()
-                        if self._queue:
+                        if self._jobs:
                             self._cond.notify()
                         return batch
                     self._cond.wait(wait)
@@ -148,7 +159,7 @@ class Scheduler:
         rate = self._drain_rate * self.workers
         if rate <= 0:
             return 1.0
-        return min(60.0, max(1.0, len(self._queue) / rate))
+        return min(60.0, max(1.0, self._depth / rate))
 
     def back_off(self, seconds: float = 60.0) -> int:
         """Halve the token budget for a while (after an out-of-memory error); returns it."""
@@ -168,13 +179,17 @@ class Scheduler:
         """Seconds still worth waiting for more items; 0 when a batch should go now."""
         if self._closed or self._queued_tokens >= self.max_batch_tokens:
             return 0.0
-        return self._queue[0].enqueued + self.max_wait_s - self._clock()
+        oldest = next(iter(self._jobs.values()))[0]
+        return oldest.enqueued + self.max_wait_s - self._clock()
 
-    def _drop_abandoned_head(self) -> None:
+    def _drop_abandoned(self) -> None:
+        gone = [job for job in self._jobs if job.abandoned]
         dropped = 0
-        while self._queue and self._queue[0].job.abandoned:
-            self._queued_tokens -= self._queue.popleft().length
-            dropped += 1
+        for job in gone:
+            items = self._jobs.pop(job)
+            dropped += len(items)
+            self._depth -= len(items)
+            self._queued_tokens -= sum(item.length for item in items)
         if dropped:
             self._metrics.items_dropped.inc(dropped)
             self._update_gauges()
@@ -182,18 +197,22 @@ class Scheduler:
     def _cost(self, count: int, longest: int, total: int) -> int:
         return count * longest if self.pads else total
 
+    def _head_job(self) -> Job:
+        self._batches_formed += 1
+        if self._batches_formed % OLDEST_EVERY == 0:
+            return next(iter(self._jobs))
+        return min(self._jobs, key=lambda job: job.dispatched_tokens)  # ties: the oldest
+
     def _form_batch(self) -> Batch:
+        head_job = self._head_job()
+        others = sorted(
+            (job for job in self._jobs if job is not head_job), key=lambda j: j.dispatched_tokens
+        )
         window: list[Item] = []
-        dropped = 0
-        while self._queue and len(window) < self.lookahead:
-            item = self._queue.popleft()
-            if item.job.abandoned:
-                self._queued_tokens -= item.length
-                dropped += 1
-            else:
-                window.append(item)
-        if dropped:
-            self._metrics.items_dropped.inc(dropped)
+        for job in (head_job, *others):
+            window.extend(islice(self._jobs[job], self.lookahead - len(window)))
+            if len(window) >= self.lookahead:
+                break
 
         head = window[0]
         order = sorted(range(len(window)), key=lambda i: window[i].length)
@@ -221,16 +240,33 @@ class Scheduler:
             else:
                 hi += 1
 
-        chosen = order[lo : hi + 1]
-        batch_items = [window[i] for i in chosen]
-        taken = set(chosen)
-        rest = [item for i, item in enumerate(window) if i not in taken]
-        self._queue.extendleft(reversed(rest))
-        self._queued_tokens -= total
+        batch_items = [window[i] for i in order[lo : hi + 1]]
+        self._remove(batch_items)
         return Batch(batch_items, total, self._cost(len(batch_items), longest, total))
 
+    def _remove(self, chosen: list[Item]) -> None:
+        """Take the chosen items out of their requests' FIFOs (they come from its front)."""
+        by_job: dict[Job, set[int]] = {}
+        for item in chosen:
+            by_job.setdefault(item.job, set()).add(id(item))
+            item.job.dispatched_tokens += item.length
+            self._queued_tokens -= item.length
+        self._depth -= len(chosen)
+        for job, ids in by_job.items():
+            items = self._jobs[job]
+            kept: list[Item] = []
+            while ids:
+                item = items.popleft()
+                if id(item) in ids:
+                    ids.discard(id(item))
+                else:
+                    kept.append(item)
+            items.extendleft(reversed(kept))
+            if not items:
+                del self._jobs[job]
+
     def _update_gauges(self) -> None:
-        self._metrics.queue_items.set(len(self._queue))
+        self._metrics.queue_items.set(self._depth)
         self._metrics.queue_tokens.set(self._queued_tokens)
 
     # -- completion (called by workers) ---------------------------------------------------
@@ -261,7 +297,7 @@ class Scheduler:
 
     @property
     def depth(self) -> int:
-        return len(self._queue)
+        return self._depth
 
 
 def _by_loop(items: list[Item]) -> dict[asyncio.AbstractEventLoop, list[int]]:

@@ -168,3 +168,31 @@ async def test_a_failed_batch_fails_only_its_requests() -> None:
     s.close()
     worker.join(5)
     assert metrics.failures.labels(reason="batch_error")._value.get() == 1
+
+
+async def test_a_small_request_is_not_stuck_behind_a_huge_one() -> None:
+    s = make(max_batch_tokens=30)
+    big = s.submit([pair(10, token=1)] * 100)
+    small = s.submit([pair(10, token=2)] * 2)
+    served: list[set[int]] = []
+    small_left = 2
+    while small_left and len(served) < 50:
+        batch = await asyncio.to_thread(s.next_batch)
+        assert batch is not None
+        served.append({item.ids[0] for item in batch.items})
+        small_left -= sum(item.job is small for item in batch.items)
+    # the big request came first, but the small one is done by the second batch
+    assert len(served) == 2 and 2 in served[1]
+    assert s.depth == 96 and big.dispatched_tokens == 40
+
+
+async def test_the_oldest_request_still_progresses_under_a_stream_of_small_ones() -> None:
+    s = make(max_batch_tokens=10)
+    big = s.submit([pair(10, token=1)] * 50)
+    big_batches = 0
+    for i in range(40):  # a new small request arrives before every batch
+        s.submit([pair(10, token=100 + i)])
+        batch = await asyncio.to_thread(s.next_batch)
+        assert batch is not None
+        big_batches += any(item.job is big for item in batch.items)
+    assert big_batches >= 40 // 4  # every fourth batch at least serves the oldest request
