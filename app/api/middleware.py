@@ -64,8 +64,7 @@ class ServingMiddleware:
             self.metrics.requests.labels(route=route, status=str(status)).inc()
             self.metrics.request_duration.labels(route=route).observe(elapsed)
             log.log(
-                logging.WARNING if status >= 500 else logging.INFO,
-                "%s %s %d %.1fms request_id=%s",
+                _level(route, status), "%s %s %d %.1fms request_id=%s",
                 scope["method"], scope["path"], status, elapsed * 1000, request_id,
             )
 
@@ -118,6 +117,16 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+_PROBES = frozenset({"/health", "/ready", "/metrics"})
+
+
+def _level(route: str, status: int) -> int:
+    """Probes and scrapes (every few seconds, by design) only at debug level."""
+    if route in _PROBES:
+        return logging.DEBUG
+    return logging.WARNING if status >= 500 else logging.INFO
 
 
 def _route_label(scope: Scope) -> str:
