@@ -145,15 +145,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
     parser.add_argument("--skip-fairness", action="store_true")
+    parser.add_argument("--docs", type=int, nargs=2, default=(10, 100), metavar=("MIN", "MAX"),
+                        help="documents per request (a lighter mix suits a CPU-only host)")
+    parser.add_argument("--open-loop-requests", type=int, default=16)
     args = parser.parse_args()
     t_start = time.monotonic()
 
     venv = ensure_infinity(args.infinity_venv)
     model = str(ensure_model(args.model_dir))
-    requests = make_requests(60, seed=0)
+    requests = make_requests(60, seed=0, docs=tuple(args.docs))
     servers = {
         "ours": (lambda: ours(model, "--device", "cpu", "--dtype", args.dtype,
-                              "--max-batch-tokens", str(args.max_batch_tokens)),
+                              "--max-batch-tokens", str(args.max_batch_tokens),
+                              "--request-timeout", "3600"),
                  "/v1/rerank", jina_body),
         "infinity": (lambda: infinity(venv, model, "--device", "cpu", "--dtype", args.dtype),
                      "/rerank", infinity_body),
@@ -172,7 +176,7 @@ def main() -> None:
         return statistics.median(st.summary()["requests_per_s"] for st in closed[name])
 
     rate = 0.5 * min(capacity(name) for name in servers)
-    count = max(8, int(rate * args.seconds))
+    count = args.open_loop_requests
     opened: dict[str, Stats] = {}
     for name, (start, path, body) in servers.items():
         with start() as url:
