@@ -145,11 +145,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
     parser.add_argument("--skip-fairness", action="store_true")
+    parser.add_argument("--only-fairness", action="store_true",
+                        help="run the fairness probe alone (about a minute)")
     parser.add_argument("--docs", type=int, nargs=2, default=(10, 100), metavar=("MIN", "MAX"),
                         help="documents per request (a lighter mix suits a CPU-only host)")
     parser.add_argument("--open-loop-requests", type=int, default=16)
     args = parser.parse_args()
     t_start = time.monotonic()
+    if args.only_fairness:
+        report_fairness()
+        return
 
     venv = ensure_infinity(args.infinity_venv)
     model = str(ensure_model(args.model_dir))
@@ -189,13 +194,6 @@ def main() -> None:
     bound = engine_bound(model, requests[:8], args.dtype, args.max_batch_tokens)
     print(f"engine bound: {bound:.1f} docs/s", flush=True)
 
-    fair = None
-    if not args.skip_fairness:
-        with tempfile.TemporaryDirectory() as tmp:
-            from app.testmodel import write_test_model
-
-            tiny = str(write_test_model(Path(tmp) / "tiny", max_length=512, hidden=64))
-            fair = fairness(tiny)
 
     print()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__},"
@@ -222,12 +220,20 @@ def main() -> None:
     print(f"ours / engine bound: {ours_docs / bound:.2f}x (target >= 0.9x)")
     print(f"open-loop p99, ours / infinity: {opened['ours'].summary()['p99_ms']:.0f} /"
           f" {opened['infinity'].summary()['p99_ms']:.0f} ms (target: ours lower)")
-    if fair is not None:
-        alone, shared, tokens = fair
-        print(f"fairness: small-request p99 {alone * 1000:.0f} ms alone, {shared * 1000:.0f} ms"
-              f" while a {tokens}-token document is scored: {shared / alone:.2f}x (target <= 3x);"
-              " the big request completed")
+    if not args.skip_fairness:
+        report_fairness()
     print(f"total {time.monotonic() - t_start:.0f} s")
+
+
+def report_fairness() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        from app.testmodel import write_test_model
+
+        tiny = str(write_test_model(Path(tmp) / "tiny", max_length=512, hidden=64))
+        alone, shared, tokens = fairness(tiny)
+    print(f"fairness: small-request p99 {alone * 1000:.0f} ms alone, {shared * 1000:.0f} ms"
+          f" while a {tokens}-token document is scored: {shared / alone:.2f}x (target <= 3x);"
+          " the big request completed")
 
 
 if __name__ == "__main__":

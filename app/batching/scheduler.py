@@ -100,6 +100,7 @@ class Scheduler:
         self._depth = 0
         self._queued_tokens = 0
         self._batches_formed = 0
+        self._oldest_turn = False
         self._cond = threading.Condition()
         self._closed = False
 
@@ -199,14 +200,20 @@ class Scheduler:
 
     def _head_job(self) -> Job:
         self._batches_formed += 1
-        if self._batches_formed % OLDEST_EVERY == 0:
+        self._oldest_turn = self._batches_formed % OLDEST_EVERY == 0
+        if self._oldest_turn:
             return next(iter(self._jobs))
         return min(self._jobs, key=lambda job: job.dispatched_tokens)  # ties: the oldest
 
     def _form_batch(self) -> Batch:
         head_job = self._head_job()
+        # A batch led by a lightly served request is filled only from requests within one
+        # budget of it, so a small request never rides with a huge document's windows.
+        ceiling = head_job.dispatched_tokens + self.max_batch_tokens
         others = sorted(
-            (job for job in self._jobs if job is not head_job), key=lambda j: j.dispatched_tokens
+            (job for job in self._jobs
+             if job is not head_job and (job.dispatched_tokens <= ceiling or self._oldest_turn)),
+            key=lambda j: j.dispatched_tokens,
         )
         window: list[Item] = []
         for job in (head_job, *others):

@@ -196,3 +196,14 @@ async def test_the_oldest_request_still_progresses_under_a_stream_of_small_ones(
         assert batch is not None
         big_batches += any(item.job is big for item in batch.items)
     assert big_batches >= 40 // 4  # every fourth batch at least serves the oldest request
+
+
+async def test_a_small_requests_batch_is_not_filled_with_a_huge_ones_windows() -> None:
+    s = make(max_batch_tokens=40, lookahead=64)
+    big = s.submit([pair(10, token=1)] * 40)
+    for _ in range(4):  # the big request gets well past one budget of service
+        await asyncio.to_thread(s.next_batch)
+    assert big.dispatched_tokens > 40
+    small = s.submit([pair(10, token=2)])
+    batch = await asyncio.to_thread(s.next_batch)
+    assert batch is not None and [item.job for item in batch.items] == [small]
