@@ -150,6 +150,7 @@ def main() -> None:
     parser.add_argument("--docs", type=int, nargs=2, default=(10, 100), metavar=("MIN", "MAX"),
                         help="documents per request (a lighter mix suits a CPU-only host)")
     parser.add_argument("--open-loop-requests", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=16, help="distinct requests cycled")
     args = parser.parse_args()
     t_start = time.monotonic()
     if args.only_fairness:
@@ -158,7 +159,8 @@ def main() -> None:
 
     venv = ensure_infinity(args.infinity_venv)
     model = str(ensure_model(args.model_dir))
-    requests = make_requests(60, seed=0, docs=tuple(args.docs))
+    # Both servers and the engine bound cycle through the same requests, so the mix is equal.
+    requests = make_requests(args.requests, seed=0, docs=tuple(args.docs))
     servers = {
         "ours": (lambda: ours(model, "--device", "cpu", "--dtype", args.dtype,
                               "--max-batch-tokens", str(args.max_batch_tokens),
@@ -191,7 +193,7 @@ def main() -> None:
         print(f"{name:9s} open loop at {rate:.3f} req/s: p99"
               f" {opened[name].summary()['p99_ms']:.0f} ms", flush=True)
 
-    bound = engine_bound(model, requests[:8], args.dtype, args.max_batch_tokens)
+    bound = engine_bound(model, requests, args.dtype, args.max_batch_tokens)
     print(f"engine bound: {bound:.1f} docs/s", flush=True)
 
 
