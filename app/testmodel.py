@@ -9,7 +9,9 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
+
+from app.engine.tokenize import Family
 
 _CORPUS = [
     "The quick brown fox jumps over the lazy dog near the river bank.",
@@ -40,7 +42,6 @@ _CORPUS = [
     "Numbers 0 1 2 3 4 5 6 7 8 9 10 100 1000 and symbols ! ? , . ; : ' \" ( ) [ ] { }",
 ]
 
-Family = Literal["xlm-roberta", "bert"]
 
 
 def _corpus() -> list[str]:

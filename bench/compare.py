@@ -124,9 +124,9 @@ def fairness(tiny_model: str) -> tuple[float, float, int]:
         tokens += len(tok(chunk, add_special_tokens=False)["input_ids"])
     big = Request("which planet is red", [text])
     with ours(tiny_model, "--device", "cpu", "--dtype", "bfloat16", "--request-timeout", "600",
-              "--max-queue", "200000") as url:
-        alone = asyncio.run(_fairness_probe(url, small, None))
-        shared = asyncio.run(_fairness_probe(url, small, big))
+              "--max-queue", "200000") as server:
+        alone = asyncio.run(_fairness_probe(server.url, small, None))
+        shared = asyncio.run(_fairness_probe(server.url, small, big))
     p99 = lambda xs: sorted(xs)[min(len(xs) - 1, int(0.99 * len(xs)))]  # noqa: E731
     return p99(alone), p99(shared), tokens
 
@@ -172,8 +172,8 @@ def main() -> None:
     closed: dict[str, list[Stats]] = {name: [] for name in servers}
     for r in range(args.rounds):
         for name, (start, path, body) in servers.items():
-            with start() as url:
-                stats = run_closed(url, path, requests, args, body)
+            with start() as server:
+                stats = run_closed(server.url, path, requests, args, body)
             closed[name].append(stats)
             s = stats.summary()
             print(f"round {r + 1} {name:9s} closed loop: {s['documents_per_s']:.1f} docs/s,"
@@ -186,10 +186,10 @@ def main() -> None:
     count = args.open_loop_requests
     opened: dict[str, Stats] = {}
     for name, (start, path, body) in servers.items():
-        with start() as url:
-            asyncio.run(closed_loop(url, path, requests, concurrency=1, seconds=0,
+        with start() as server:
+            asyncio.run(closed_loop(server.url, path, requests, concurrency=1, seconds=0,
                                     warmup_s=args.warmup, body=body))
-            opened[name] = run_open(url, path, requests, rate, count, body)
+            opened[name] = run_open(server.url, path, requests, rate, count, body)
         print(f"{name:9s} open loop at {rate:.3f} req/s: p99"
               f" {opened[name].summary()['p99_ms']:.0f} ms", flush=True)
 

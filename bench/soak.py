@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
-import subprocess
-import sys
+import contextlib
 import time
 from pathlib import Path
 
-import httpx
-
 from bench.loadgen import closed_loop
+from bench.servers import ours
 from bench.workload import make_requests
 
 
@@ -30,27 +27,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def start_server(model: str) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--model", model, "--device", "cpu",
-         "--dtype", "float32", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning"],
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/ready").status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the server did not become ready")
 
 
 def main() -> None:
@@ -66,38 +42,38 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.model or args.url):
         parser.error("give --model or --url")
-    proc = None
-    if args.model:
-        proc, url = start_server(args.model)
-        pid: int | None = proc.pid
-    else:
-        url, pid = args.url, args.pid
+    with contextlib.ExitStack() as stack:
+        if args.model:
+            server = stack.enter_context(
+                ours(args.model, "--device", "cpu", "--dtype", "float32", timeout=120)
+            )
+            soak(args, server.url, server.pid)
+        else:
+            soak(args, args.url, args.pid)
+
+
+def soak(args: argparse.Namespace, url: str, pid: int | None) -> None:
     requests = make_requests(200, seed=3, docs=(5, 40), long_tail=0.02)
     end = time.monotonic() + 60 * args.minutes
     first_rss = None
     totals = {"requests": 0, "errors": 0}
-    try:
-        print("  t(s)  req/s  p50 ms  p99 ms  errors  RSS MB")
-        t0 = time.monotonic()
-        while time.monotonic() < end:
-            seconds = min(args.interval, end - time.monotonic())
-            stats = asyncio.run(closed_loop(url, "/v1/rerank", requests,
-                                            concurrency=args.concurrency, seconds=seconds,
-                                            warmup_s=0.0))
-            s = stats.summary()
-            rss = rss_mb(pid) if pid else float("nan")
-            first_rss = first_rss or rss
-            totals["requests"] += len(stats.latencies)
-            totals["errors"] += int(s["errors"])
-            bad = {k: v for k, v in stats.statuses.items() if k != "200"}
-            print(f"{time.monotonic() - t0:6.0f} {s['requests_per_s']:6.1f} {s['p50_ms']:7.0f}"
-                  f" {s['p99_ms']:7.0f} {bad or 0!s:>7} {rss:7.0f}", flush=True)
-        print(f"total: {totals['requests']} requests answered 200, {totals['errors']} errors;"
-              f" RSS {first_rss:.0f} -> {rss:.0f} MB ({rss - (first_rss or 0):+.0f} MB)")
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(60)
+    print("  t(s)  req/s  p50 ms  p99 ms  errors  RSS MB")
+    t0 = time.monotonic()
+    while time.monotonic() < end:
+        seconds = min(args.interval, end - time.monotonic())
+        stats = asyncio.run(closed_loop(url, "/v1/rerank", requests,
+                                        concurrency=args.concurrency, seconds=seconds,
+                                        warmup_s=0.0))
+        s = stats.summary()
+        rss = rss_mb(pid) if pid else float("nan")
+        first_rss = first_rss or rss
+        totals["requests"] += len(stats.latencies)
+        totals["errors"] += int(s["errors"])
+        bad = {k: v for k, v in stats.statuses.items() if k != "200"}
+        print(f"{time.monotonic() - t0:6.0f} {s['requests_per_s']:6.1f} {s['p50_ms']:7.0f}"
+              f" {s['p99_ms']:7.0f} {bad or 0!s:>7} {rss:7.0f}", flush=True)
+    print(f"total: {totals['requests']} requests answered 200, {totals['errors']} errors;"
+          f" RSS {first_rss:.0f} -> {rss:.0f} MB ({rss - (first_rss or 0):+.0f} MB)")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ class Job:
     queue_s: float = 0.0
     inference_s: float = 0.0
     abandoned: bool = False
-    batches: int = 0
     dispatched_tokens: int = 0
     """Tokens of this request already handed to a forward pass (its attained service)."""
 
@@ -326,7 +325,6 @@ def _deliver(items: list[Item], logits: np.ndarray, started: float, ended: float
         if id(job) not in seen:
             seen.add(id(job))
             job.inference_s += ended - started
-            job.batches += 1
             job.queue_s = max(job.queue_s, started - item.enqueued)
         if job.remaining == 0:
             job.future.set_result(job.logits)

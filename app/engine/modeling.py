@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Family = Literal["xlm-roberta", "bert"]
+from app.engine.tokenize import Family
+
 AttentionPath = Literal["flash-attn-varlen", "torch-varlen", "sdpa-padded", "sdpa-per-sequence"]
 
 _GELU_APPROX = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from app.engine.modeling import Family
+from app.engine.tokenize import Family
 
 _STOCK_LAYER = {
     "attention.output.dense": "out_proj",

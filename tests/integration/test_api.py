@@ -7,14 +7,7 @@ import pytest
 
 from tests.conftest import LiveServer, ServerFactory
 from tests.reference import reference_scores, reference_tokens
-
-QUERY = "Which planet is known as the Red Planet?"
-DOCS = [
-    "Venus is often called Earth's twin because of its similar size and proximity.",
-    "Mars, known for its reddish appearance, is often referred to as the Red Planet.",
-    "Jupiter, the largest planet in our solar system, has a prominent red spot.",
-    "Saturn, famous for its rings, is sometimes mistaken for the Red Planet.",
-]
+from tests.samples import DOCS, QUERY
 
 
 def test_results_sorted_by_score_with_documents(client: httpx.Client, xlmr_dir: str) -> None:
