@@ -38,13 +38,12 @@ RUN TORCH_BUILD=cpu scripts/bootstrap.sh
 
 # ---- shared runtime set-up ------------------------------------------------------------------
 FROM ${CPU_BASE} AS cpu
-RUN apt-get update && apt-get install -y --no-install-recommends curl libjemalloc2 \
+RUN apt-get update && apt-get install -y --no-install-recommends curl libtcmalloc-minimal4 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --uid 10001 --create-home --shell /usr/sbin/nologin reranker \
     && mkdir -p /models && chown reranker /models
 COPY --from=cpu-build --chown=reranker /app /app
-ENV HF_HOME=/models RERANKER_PORT=8080 RERANKER_DEVICE=cpu \
-    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
+ENV HF_HOME=/models RERANKER_PORT=8080 RERANKER_DEVICE=cpu
 ARG BAKE_MODEL=
 RUN if [ -n "$BAKE_MODEL" ]; then \
         /app/.venv/bin/python -c "import sys; from app.engine.loading import resolve_model_dir; print(resolve_model_dir(sys.argv[1]))" "$BAKE_MODEL" \
@@ -62,13 +61,12 @@ ENTRYPOINT ["/app/.venv/bin/reranker", "serve"]
 
 FROM ${CUDA_RUNTIME} AS gpu
 ENV DEBIAN_FRONTEND=noninteractive
-RUN apt-get update && apt-get install -y --no-install-recommends python3 curl libjemalloc2 \
+RUN apt-get update && apt-get install -y --no-install-recommends python3 curl libtcmalloc-minimal4 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --uid 10001 --create-home --shell /usr/sbin/nologin reranker \
     && mkdir -p /models && chown reranker /models
 COPY --from=gpu-build --chown=reranker /app /app
-ENV HF_HOME=/models RERANKER_PORT=8080 RERANKER_DEVICE=auto \
-    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
+ENV HF_HOME=/models RERANKER_PORT=8080 RERANKER_DEVICE=auto
 ARG BAKE_MODEL=
 RUN if [ -n "$BAKE_MODEL" ]; then \
         /app/.venv/bin/python -c "import sys; from app.engine.loading import resolve_model_dir; print(resolve_model_dir(sys.argv[1]))" "$BAKE_MODEL" \

@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from app.allocator import AllocatorUnavailable
+from app.allocator import ensure as ensure_allocator
 from app.config import Settings
 from app.errors import ModelUnavailable
 
@@ -35,6 +37,7 @@ _SERVE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--hf-cache-dir", "hf_cache_dir", {}),
     ("--log-level", "log_level", {}),
     ("--log-format", "log_format", {"choices": ["text", "json"]}),
+    ("--allocator", "allocator", {"choices": ["auto", "tcmalloc", "system"]}),
 ]
 
 
@@ -86,7 +89,15 @@ def main(argv: list[str] | None = None) -> int:
             where = ".".join(map(str, err["loc"]))
             print(f"reranker: invalid {where}: {err['msg']}", file=sys.stderr)
         return 2
-    return serve(settings)
+    if argv is None:  # a real process (not a test calling main): the allocator can be swapped
+        try:
+            allocator = ensure_allocator(settings.allocator, ["-m", "app.cli", *sys.argv[1:]])
+        except AllocatorUnavailable as exc:
+            print(f"reranker: {exc}", file=sys.stderr)
+            return 2
+    else:
+        allocator = "unchanged (in-process call)"
+    return serve(settings, allocator)
 
 
 def make_test_model(args: argparse.Namespace) -> int:
@@ -115,7 +126,8 @@ def make_test_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, allocator: str) -> int:
+    import logging
     import signal
 
     import uvicorn
@@ -126,6 +138,7 @@ def serve(settings: Settings) -> int:
     from app.server import DrainingServer
 
     configure_logging(settings.log_level, settings.log_format)
+    logging.getLogger("app.cli").info("memory allocator: %s", allocator)
     if settings.log_format == "json":  # progress bars would break the one-object-per-line log
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     )
     hf_cache_dir: str | None = Field(None, description="Hugging Face cache directory.")
     log_level: str = Field("info", description="Log level.")
+    allocator: Literal["auto", "tcmalloc", "system"] = Field(
+        "auto",
+        description="Memory allocator of `reranker serve`: auto = tcmalloc when installed"
+        " (faster CPU inference; see app/allocator.py), else glibc's.",
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="text, or json: one JSON object per line, for log shippers."
     )

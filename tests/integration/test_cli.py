@@ -12,6 +12,7 @@ import httpx
 import orjson
 import pytest
 
+from app.allocator import find_tcmalloc
 from app.cli import _SERVE_FLAGS
 from tests.cli_server import RERANKER, ROOT, free_port, spawn_server
 
@@ -100,3 +101,41 @@ def test_json_logs_show_the_start_up_phases(xlmr_dir: str) -> None:
     for phase in ("loading model", "loaded ", "warming up", "ready: serving"):
         assert any(m.startswith(phase) for m in messages), (phase, messages)
     assert any("request_id=log-me" in m for m in messages)
+
+
+def _maps(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.skipif(find_tcmalloc() is None, reason="tcmalloc is not installed on this host")
+def test_auto_allocator_runs_the_server_on_tcmalloc_in_the_same_process(xlmr_dir: str) -> None:
+    server, url = spawn_server("--model", xlmr_dir, "--device", "cpu")
+    try:
+        assert "tcmalloc" in _maps(server.pid)  # re-executed in place: same PID, so signals work
+        r = httpx.post(f"{url}/v1/rerank", json={"query": "q", "documents": ["a", "b"]})
+        assert r.status_code == 200
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=30)
+    assert server.returncode == 0
+    assert "memory allocator: tcmalloc" in stderr
+
+
+def test_system_allocator_keeps_glibc(xlmr_dir: str) -> None:
+    server, _ = spawn_server("--model", xlmr_dir, "--device", "cpu", "--allocator", "system")
+    try:
+        assert "tcmalloc" not in _maps(server.pid)
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=30)
+    assert "memory allocator: system (glibc)" in stderr
+
+
+def test_required_tcmalloc_that_is_missing_fails_with_one_line(xlmr_dir: str) -> None:
+    # A host without the library, simulated: the re-exec marker is set and nothing is
+    # preloaded, which is what `ensure` sees when the library did not load.
+    result = _run("serve", "--model", xlmr_dir, "--allocator", "tcmalloc",
+                  env={"RERANKER_ALLOCATOR_EXEC": "1", "LD_PRELOAD": ""})
+    assert result.returncode == 2
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("reranker:")]
+    assert "libtcmalloc-minimal4" in line and "--allocator system" in line
