@@ -1,19 +1,23 @@
-"""Side by side with Infinity, on one machine, same model, same dtype, same workload.
+"""Side by side with Infinity, on one machine, same model, same dtype, same work.
 
-    .venv/bin/python -m bench.compare                 # about 13 minutes on 2 CPU cores
+    .venv/bin/python -m bench.compare                 # about 12 minutes on 2 CPU cores
 
 1. Installs Infinity (`infinity-emb[torch,server]`) in its own virtual environment (once),
    with the same torch build as ours, and writes (once) a random model with jina-reranker-v2's
    shapes in stock naming, which both servers load.
-2. Saturating closed loop (N clients, T seconds, warm-up excluded) against our `/v1/rerank`
-   and Infinity's `/rerank`, alternating A B A B, both in the same dtype.
+2. Saturating closed loop: N clients work through a fixed set of requests (every request once,
+   each client taking the next as it finishes), against our `/v1/rerank` and Infinity's
+   `/rerank`, alternating A B A B, both in the same dtype, warm-up excluded. Fixed work rather
+   than a fixed time: on a CPU one request of the RAG mix is seconds of compute, and a time
+   window holds too few of them for a stable ratio.
 3. Open loop (Poisson arrivals) at 50% of the lower of the two measured capacities, both.
 4. The in-process engine bound: the same requests through our engine, no HTTP.
 5. Fairness (our server): small requests alone, then while one 500,000-token document is
    being scored; the tiny generated model is used here, since this measures scheduling, and
    the full-size model would need minutes of CPU for that one document.
 Ends with one table. The workload: fixed-seed requests of 1 query (5-25 words) and 10-100
-documents (20-400 words, 5% of 1000-3000 words).
+documents (5-20 on a CPU) of 20-400 words, 5% of them 1000-3000 words. This process and our
+server run on tcmalloc when it is installed (app/allocator.py); Infinity keeps its default.
 """
 
 from __future__ import annotations
@@ -27,18 +31,26 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from app.allocator import ensure as ensure_allocator
+from app.allocator import loaded_tcmalloc
 from app.engine.loading import load_model
 from bench.engine import ensure_model
-from bench.loadgen import Stats, closed_loop, jina_body, open_loop
-from bench.servers import infinity, ours
-from bench.workload import Request, make_requests
+from bench.loadgen import Body, Stats, fixed_work, jina_body, open_loop
+from bench.servers import Running, infinity, ours
+from bench.workload import Request, make_requests, with_token_counts
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def allocator_name() -> str:
+    return "tcmalloc" if loaded_tcmalloc() else "glibc"
 
 
 def ensure_infinity(venv: Path) -> Path:
@@ -61,22 +73,26 @@ def infinity_body(req: Request) -> dict[str, Any]:
     return {"query": req.query, "documents": req.documents, "return_documents": False}
 
 
-def run_closed(url: str, path: str, requests: list[Request], args: argparse.Namespace,
-               body: Any) -> Stats:
-    return asyncio.run(closed_loop(url, path, requests, concurrency=args.concurrency,
-                                   seconds=args.seconds, warmup_s=args.warmup, body=body))
+def run_fixed(url: str, path: str, requests: list[Request], concurrency: int,
+              body: Body) -> Stats:
+    """Warm up on two requests, then every request once with `concurrency` clients."""
+    asyncio.run(fixed_work(url, path, requests[:2], concurrency=2, body=body))
+    return asyncio.run(fixed_work(url, path, requests, concurrency=concurrency, body=body))
 
 
 def run_open(url: str, path: str, requests: list[Request], rate: float, count: int,
-             body: Any) -> Stats:
-    return asyncio.run(open_loop(url, path, requests, rate=rate, count=count, body=body))
+             body: Body) -> Stats:
+    asyncio.run(fixed_work(url, path, requests[:2], concurrency=2, body=body))
+    return asyncio.run(open_loop(url, path, requests, rate=rate, count=count, body=body,
+                                 timeout=3600))
 
 
-def engine_bound(model: str, requests: list[Request], dtype: str, budget: int) -> float:
+def engine_bound(model: str, requests: list[Request], device: str, dtype: str,
+                 budget: int) -> float:
     """Documents per second through the engine alone, batches formed per request."""
     from bench.engine import form_batches
 
-    loaded = load_model(model, device="cpu", dtype=dtype)
+    loaded = load_model(model, device=device, dtype=dtype)
     scorer = loaded.scorers[0]
     batches = []
     for req in requests:
@@ -86,6 +102,8 @@ def engine_bound(model: str, requests: list[Request], dtype: str, budget: int) -
     t0 = time.perf_counter()
     for batch in batches:
         scorer.score([p.ids for p in batch], [p.split for p in batch])
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     return sum(len(r.documents) for r in requests) / (time.perf_counter() - t0)
 
 
@@ -138,86 +156,93 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=Path("/tmp/reranker-bench/jina-shaped"))
     parser.add_argument("--infinity-venv", type=Path,
                         default=Path("/tmp/reranker-bench/infinity-venv"))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--warmup", type=float, default=15)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
     parser.add_argument("--skip-fairness", action="store_true")
     parser.add_argument("--only-fairness", action="store_true",
                         help="run the fairness probe alone (about a minute)")
-    parser.add_argument("--docs", type=int, nargs=2, default=(10, 100), metavar=("MIN", "MAX"),
-                        help="documents per request (a lighter mix suits a CPU-only host)")
-    parser.add_argument("--open-loop-requests", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=16, help="distinct requests cycled")
+    parser.add_argument("--docs", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
+                        help="documents per request; default 10-100 (the RAG mix) on a GPU and"
+                        " 5-20 on a CPU, where 10-100 is ~10 s of compute per request")
+    parser.add_argument("--requests", type=int, default=16,
+                        help="distinct requests: the fixed work of one closed-loop run")
+    parser.add_argument("--open-loop-requests", type=int, default=12)
     args = parser.parse_args()
+    # The engine bound runs in this process: give it the allocator the server gets.
+    ensure_allocator("auto", ["-m", "bench.compare", *sys.argv[1:]])
     t_start = time.monotonic()
     if args.only_fairness:
         report_fairness()
         return
+    docs = tuple(args.docs or ((5, 20) if args.device == "cpu" else (10, 100)))
 
     venv = ensure_infinity(args.infinity_venv)
     model = str(ensure_model(args.model_dir))
-    # Both servers and the engine bound cycle through the same requests, so the mix is equal.
-    requests = make_requests(args.requests, seed=0, docs=tuple(args.docs))
-    servers = {
-        "ours": (lambda: ours(model, "--device", "cpu", "--dtype", args.dtype,
+    from transformers import AutoTokenizer
+
+    requests = with_token_counts(make_requests(args.requests, seed=0, docs=docs),
+                                 AutoTokenizer.from_pretrained(model))
+    infinity_device = "cuda" if args.device.startswith("cuda") else "cpu"
+    servers: dict[str, tuple[Callable[[], AbstractContextManager[Running]], str, Body]] = {
+        "ours": (lambda: ours(model, "--device", args.device, "--dtype", args.dtype,
                               "--max-batch-tokens", str(args.max_batch_tokens),
                               "--request-timeout", "3600"),
                  "/v1/rerank", jina_body),
-        "infinity": (lambda: infinity(venv, model, "--device", "cpu", "--dtype", args.dtype),
+        "infinity": (lambda: infinity(venv, model, "--device", infinity_device,
+                                      "--dtype", args.dtype),
                      "/rerank", infinity_body),
     }
     closed: dict[str, list[Stats]] = {name: [] for name in servers}
     for r in range(args.rounds):
         for name, (start, path, body) in servers.items():
             with start() as server:
-                stats = run_closed(server.url, path, requests, args, body)
+                stats = run_fixed(server.url, path, requests, args.concurrency, body)
             closed[name].append(stats)
             s = stats.summary()
-            print(f"round {r + 1} {name:9s} closed loop: {s['documents_per_s']:.1f} docs/s,"
-                  f" {s['requests_per_s']:.3f} req/s, errors {dict(stats.statuses)}", flush=True)
+            print(f"round {r + 1} {name:9s} closed loop: {s['documents_per_s']:.2f} docs/s"
+                  f" ({stats.seconds:.1f} s), errors {s['errors']:.0f}", flush=True)
 
-    def capacity(name: str) -> float:
-        return statistics.median(st.summary()["requests_per_s"] for st in closed[name])
+    def median(name: str, key: str) -> float:
+        return statistics.median(st.summary()[key] for st in closed[name])
 
-    rate = 0.5 * min(capacity(name) for name in servers)
+    rate = 0.5 * min(median(name, "requests_per_s") for name in servers)
     count = args.open_loop_requests
     opened: dict[str, Stats] = {}
     for name, (start, path, body) in servers.items():
         with start() as server:
-            asyncio.run(closed_loop(server.url, path, requests, concurrency=1, seconds=0,
-                                    warmup_s=args.warmup, body=body))
             opened[name] = run_open(server.url, path, requests, rate, count, body)
         print(f"{name:9s} open loop at {rate:.3f} req/s: p99"
               f" {opened[name].summary()['p99_ms']:.0f} ms", flush=True)
 
-    bound = engine_bound(model, requests, args.dtype, args.max_batch_tokens)
-    print(f"engine bound: {bound:.1f} docs/s", flush=True)
+    bound = engine_bound(model, requests, args.device, args.dtype, args.max_batch_tokens)
+    print(f"engine bound: {bound:.2f} docs/s", flush=True)
 
-
+    docs_total = sum(len(r.documents) for r in requests)
     print()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__},"
-          f" dtype {args.dtype}; closed loop {args.concurrency} clients x {args.seconds:.0f} s"
-          f" x {args.rounds} rounds (A B A B), median; open loop {count} requests at"
-          f" {rate:.3f} req/s")
+          f" device {args.device}, dtype {args.dtype}, allocator {allocator_name()}")
+    print(f"work: {len(requests)} requests, {docs_total} documents ({docs[0]}-{docs[1]} per"
+          f" request), {sum(r.tokens for r in requests)} tokens; closed loop: {args.concurrency}"
+          f" clients over all of it, {args.rounds} rounds (A B A B), median; open loop:"
+          f" {count} requests at {rate:.3f} req/s (50% of the lower capacity)")
     print()
-    print("| server | docs/s (closed) | req/s | p50 ms | p99 ms | errors | open-loop p50 ms |"
-          " open-loop p99 ms | open-loop max ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| server | docs/s | tokens/s | req/s | p50 ms | p95 ms | p99 ms | errors |"
+          " open-loop p50 ms | open-loop p99 ms | open-loop max ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in servers:
-        med = statistics.median(st.summary()["documents_per_s"] for st in closed[name])
         last = closed[name][-1].summary()
         o = opened[name].summary()
         errors = sum(st.summary()["errors"] for st in closed[name]) + o["errors"]
-        print(f"| {name} | {med:.1f} | {capacity(name):.3f} | {last['p50_ms']:.0f} |"
-              f" {last['p99_ms']:.0f} | {errors:.0f} | {o['p50_ms']:.0f} | {o['p99_ms']:.0f} |"
-              f" {o['max_ms']:.0f} |")
-    ours_docs = statistics.median(st.summary()["documents_per_s"] for st in closed["ours"])
-    inf_docs = statistics.median(st.summary()["documents_per_s"] for st in closed["infinity"])
-    print(f"| engine bound (in-process) | {bound:.1f} | | | | | | | |")
+        print(f"| {name} | {median(name, 'documents_per_s'):.2f} |"
+              f" {median(name, 'tokens_per_s'):.0f} | {median(name, 'requests_per_s'):.3f} |"
+              f" {last['p50_ms']:.0f} | {last['p95_ms']:.0f} | {last['p99_ms']:.0f} |"
+              f" {errors:.0f} | {o['p50_ms']:.0f} | {o['p99_ms']:.0f} | {o['max_ms']:.0f} |")
+    print(f"| engine bound (in-process) | {bound:.2f} | | | | | | | | | |")
     print()
+    ours_docs, inf_docs = median("ours", "documents_per_s"), median("infinity", "documents_per_s")
     print(f"ours / infinity saturated throughput: {ours_docs / inf_docs:.2f}x (target >= 1.5x)")
     print(f"ours / engine bound: {ours_docs / bound:.2f}x (target >= 0.9x)")
     print(f"open-loop p99, ours / infinity: {opened['ours'].summary()['p99_ms']:.0f} /"

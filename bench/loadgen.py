@@ -1,5 +1,6 @@
-"""Load generation over HTTP (asyncio + httpx): closed loop (N clients for T seconds) and open
-loop (Poisson arrivals at R requests/s), with latency percentiles and errors by status."""
+"""Load generation over HTTP (asyncio + httpx): closed loop (N clients for T seconds, or over a
+fixed set of requests) and open loop (Poisson arrivals at R requests/s, bounded count), with
+throughput, latency percentiles and errors by status."""
 
 from __future__ import annotations
 
@@ -27,14 +28,16 @@ class Stats:
     latencies: list[float] = field(default_factory=list)
     statuses: Counter[str] = field(default_factory=Counter)
     documents: int = 0
+    tokens: int = 0
     started: float = 0.0
     ended: float = 0.0
 
-    def record(self, status: str, latency: float, documents: int) -> None:
+    def record(self, status: str, latency: float, req: Request) -> None:
         self.statuses[status] += 1
         if status == "200":
             self.latencies.append(latency)
-            self.documents += documents
+            self.documents += len(req.documents)
+            self.tokens += req.tokens
 
     @property
     def seconds(self) -> float:
@@ -49,7 +52,8 @@ class Stats:
     def summary(self) -> dict[str, float]:
         return {
             "requests_per_s": len(self.latencies) / self.seconds,
-            "documents_per_s": self.documents / self.seconds,
+            "documents_per_s": self.documents / self.seconds,  # = pairs/s: one pair per document
+            "tokens_per_s": self.tokens / self.seconds,
             "p50_ms": 1000 * self.percentile(0.50),
             "p95_ms": 1000 * self.percentile(0.95),
             "p99_ms": 1000 * self.percentile(0.99),
@@ -58,38 +62,63 @@ class Stats:
         }
 
 
-async def _one(client: httpx.AsyncClient, path: str, body: dict[str, Any], stats: Stats,
-               documents: int, record: bool) -> None:
+async def _send(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> tuple[str, float]:
     t0 = time.perf_counter()
     try:
         r = await client.post(path, json=body)
         status = str(r.status_code)
     except httpx.HTTPError as exc:
         status = type(exc).__name__
-    if record:
-        stats.record(status, time.perf_counter() - t0, documents)
+    return status, time.perf_counter() - t0
 
 
 async def closed_loop(
     url: str, path: str, requests: list[Request], *, concurrency: int, seconds: float,
     warmup_s: float = 2.0, body: Body = jina_body, timeout: float = 120.0,
 ) -> Stats:
-    """`concurrency` clients send back to back for `warmup_s + seconds`; warm-up not counted."""
+    """`concurrency` clients send back to back for `warmup_s + seconds`. Counted: requests sent
+    after the warm-up that were answered before the end, over exactly `seconds`; requests still
+    in flight then are awaited but not counted, so neither end of the window is biased."""
     stats = Stats()
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
-        start = time.perf_counter()
-        stats.started = start + warmup_s
-        stop = stats.started + seconds
+        stats.started = time.perf_counter() + warmup_s
+        stats.ended = stats.started + seconds
 
         async def client_loop(worker: int) -> None:
             i = worker
-            while (now := time.perf_counter()) < stop:
+            while (sent := time.perf_counter()) < stats.ended:
                 req = requests[i % len(requests)]
-                await _one(client, path, body(req), stats, len(req.documents), now >= stats.started)
+                status, latency = await _send(client, path, body(req))
+                if sent >= stats.started and sent + latency <= stats.ended:
+                    stats.record(status, latency, req)
                 i += concurrency
 
         await asyncio.gather(*(client_loop(w) for w in range(concurrency)))
+    return stats
+
+
+async def fixed_work(
+    url: str, path: str, requests: list[Request], *, concurrency: int, body: Body = jina_body,
+    timeout: float = 3600.0,
+) -> Stats:
+    """Every request of `requests` once, `concurrency` clients taking the next one as they
+    finish; timed from the first send to the last answer. The same work for every server (and
+    for the in-process engine bound), so throughput ratios are not diluted by which requests a
+    time window happened to hold. Warm up separately."""
+    stats = Stats()
+    queue = list(reversed(requests))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
+
+        async def client_loop() -> None:
+            while queue:
+                req = queue.pop()
+                status, latency = await _send(client, path, body(req))
+                stats.record(status, latency, req)
+
+        stats.started = time.perf_counter()
+        await asyncio.gather(*(client_loop() for _ in range(concurrency)))
         stats.ended = time.perf_counter()
     return stats
 
@@ -110,9 +139,11 @@ async def open_loop(
             due += rng.expovariate(rate)
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
             req = requests[i % len(requests)]
-            tasks.append(asyncio.ensure_future(
-                _one(client, path, body(req), stats, len(req.documents), True)
-            ))
-        await asyncio.gather(*tasks)
+            tasks.append(asyncio.ensure_future(_send(client, path, body(req))))
+        for req, (status, latency) in zip(
+            (requests[i % len(requests)] for i in range(count)), await asyncio.gather(*tasks),
+            strict=True,
+        ):
+            stats.record(status, latency, req)
         stats.ended = time.perf_counter()
     return stats

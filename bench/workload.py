@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from app.testmodel import _CORPUS
 
@@ -14,6 +15,19 @@ _WORDS = sorted({w.strip(".,;:!?\"'()") for line in _CORPUS for w in line.split(
 class Request:
     query: str
     documents: list[str]
+    tokens: int = 0  # query + document tokens over its pairs, before windowing; 0 = not counted
+
+
+def with_token_counts(requests: list[Request], tokenizer: Any) -> list[Request]:
+    """The requests with `tokens` filled in by `tokenizer` (a Hugging Face tokenizer)."""
+    def count(texts: list[str]) -> list[int]:
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    out = []
+    for req in requests:
+        [query] = count([req.query])
+        out.append(replace(req, tokens=sum(query + n for n in count(req.documents))))
+    return out
 
 
 def _text(rng: random.Random, words: int) -> str:

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from bench.loadgen import closed_loop, fixed_work, open_loop
+from bench.workload import Request, make_requests, with_token_counts
+from tests.conftest import LiveServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,3 +35,35 @@ def test_gpu_check_smoke_runs_on_cpu() -> None:
     out = _run("bench.gpu_check", "--device", "cpu", "--small", "--seconds", "0.5")
     assert "## Parity" in out and "## Throughput" in out
     assert "| RAG mixed |" in out and "error" not in out
+
+
+def test_load_generator_counts_what_a_live_server_answered(
+    xlmr_server: LiveServer, xlmr_dir: str
+) -> None:
+    from transformers import AutoTokenizer
+
+    requests = with_token_counts(make_requests(6, seed=3, docs=(2, 5)),
+                                 AutoTokenizer.from_pretrained(xlmr_dir))
+    assert all(r.tokens > sum(len(d.split()) for d in r.documents) for r in requests)
+    url = xlmr_server.url
+
+    fixed = asyncio.run(fixed_work(url, "/v1/rerank", requests, concurrency=3))
+    s = fixed.summary()
+    assert dict(fixed.statuses) == {"200": 6} and s["errors"] == 0
+    assert fixed.documents == sum(len(r.documents) for r in requests)
+    assert fixed.tokens == sum(r.tokens for r in requests)
+    assert s["documents_per_s"] == pytest.approx(fixed.documents / fixed.seconds)
+    assert 0 < s["p50_ms"] <= s["p99_ms"] <= s["max_ms"] <= 1000 * fixed.seconds
+
+    timed = asyncio.run(closed_loop(url, "/v1/rerank", requests, concurrency=2, seconds=1.0,
+                                    warmup_s=0.2))
+    assert timed.seconds == pytest.approx(1.0) and timed.statuses["200"] > 0
+    assert max(timed.latencies) <= 1.0  # only requests answered inside the window count
+
+    opened = asyncio.run(open_loop(url, "/v1/rerank", requests, rate=50.0, count=10))
+    assert dict(opened.statuses) == {"200": 10}
+
+    # Errors are counted by status, not as throughput.
+    failed = asyncio.run(fixed_work(url, "/v1/rerank", [Request("q", ["d"], tokens=2)],
+                                    concurrency=1, body=lambda r: {"query": r.query}))
+    assert dict(failed.statuses) == {"422": 1} and failed.documents == 0
