@@ -19,6 +19,10 @@ from app.engine.tokenize import EncodedRequest, PairEncoder
 from app.errors import RequestTooLarge
 from app.metrics import Metrics
 
+BULK_CHARS = 200_000
+"""Requests with more characters than this (about 50,000 tokens, ~50 ms of tokenization) are
+tokenized on the bulk lane."""
+
 
 @dataclass(frozen=True, slots=True)
 class RankedDocument:
@@ -68,12 +72,15 @@ class RerankService:
         self.scheduler = scheduler
         self.max_request_tokens = max_request_tokens
         self._metrics = metrics
-        # One thread: the Rust tokenizer parallelises a batch itself, and one caller at a time
-        # keeps its state race-free.
-        self._tokenizer_pool = ThreadPoolExecutor(1, thread_name_prefix="reranker-tokenize")
+        # Two tokenizer lanes of one thread each (the Rust tokenizer parallelises a batch
+        # itself): requests past BULK_CHARS take their own, so a huge document's seconds of
+        # tokenization do not hold up the small requests arriving behind it.
+        self._lane = ThreadPoolExecutor(1, thread_name_prefix="reranker-tokenize")
+        self._bulk_lane = ThreadPoolExecutor(1, thread_name_prefix="reranker-tokenize-bulk")
 
     def close(self) -> None:
-        self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)
+        for lane in (self._lane, self._bulk_lane):
+            lane.shutdown(wait=False, cancel_futures=True)
 
     async def rerank(
         self,
@@ -100,7 +107,9 @@ class RerankService:
             self.encoder.encode, query, list(first_seen), max_doc_tokens=cut.max_doc_tokens,
             keep_tail=cut.keep_tail, max_windows=cut.max_windows,
         )
-        encoded: EncodedRequest = await loop.run_in_executor(self._tokenizer_pool, encode)
+        chars = len(query) + sum(map(len, first_seen))
+        lane = self._bulk_lane if chars > BULK_CHARS else self._lane
+        encoded: EncodedRequest = await loop.run_in_executor(lane, encode)
         tokenization_s = time.perf_counter() - t0
         self._metrics.tokenization_duration.observe(tokenization_s)
         if encoded.input_tokens > self.max_request_tokens:

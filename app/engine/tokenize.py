@@ -35,7 +35,8 @@ class EncodedRequest:
 class PairEncoder:
     """Tokenizes with the model's fast tokenizer and applies each family's pair layout.
 
-    Not thread-safe (it drives one Rust tokenizer): call it from one thread at a time.
+    Safe to call from several threads: after __init__ it only reads the Rust tokenizer
+    (truncation and padding are switched off once, here, never per call).
     """
 
     def __init__(self, tokenizer: Any, family: Family, max_length: int) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 
 import httpx
 
-from tests.conftest import ServerFactory
+from tests.conftest import LiveServer, ServerFactory
 from tests.reference import reference_scores
 
 WORDS = (
@@ -48,3 +49,26 @@ async def test_fifty_concurrent_requests_get_their_own_scores(
     single = server.metric("reranker_batch_requests_bucket", {"le": "1.0"}) - single_before
     assert batches > 0
     assert single < batches, "no forward pass mixed items from several requests"
+
+
+async def test_a_huge_documents_tokenization_does_not_hold_up_small_requests(
+    xlmr_server: LiveServer,
+) -> None:
+    # ~1.5 MB of text: about half a second of tokenization, on the bulk lane.
+    big = {"query": "red planet", "documents": [" ".join(WORDS) * 12_000]}
+    small = {"query": "red planet", "documents": ["mars is red", "venus is hot"]}
+    async with httpx.AsyncClient(base_url=xlmr_server.url, timeout=120) as client:
+        big_call = asyncio.ensure_future(client.post("/v1/rerank", json=big))
+        await asyncio.sleep(0.1)  # the big one is being tokenized now
+        latencies = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            r = await client.post("/v1/rerank", json=small)
+            assert r.status_code == 200
+            latencies.append(time.perf_counter() - t0)
+        big_response = await big_call
+    assert big_response.status_code == 200
+    big_tokenization_s = float(big_response.headers["x-tokenization-time"]) / 1000
+    assert big_tokenization_s > 0.3, "the big request must tokenize long enough to matter"
+    # Queued behind it, the first small request would have waited most of that time.
+    assert max(latencies) < big_tokenization_s / 2, (latencies, big_tokenization_s)
