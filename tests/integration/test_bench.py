@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from app.allocator import find_tcmalloc
 from bench.loadgen import closed_loop, fixed_work, open_loop
 from bench.workload import Request, make_requests, with_token_counts
 from tests.conftest import LiveServer
@@ -67,3 +68,10 @@ def test_load_generator_counts_what_a_live_server_answered(
     failed = asyncio.run(fixed_work(url, "/v1/rerank", [Request("q", ["d"], tokens=2)],
                                     concurrency=1, body=lambda r: {"query": r.query}))
     assert dict(failed.statuses) == {"422": 1} and failed.documents == 0
+
+
+@pytest.mark.skipif(find_tcmalloc() is None, reason="tcmalloc is not installed on this host")
+def test_allocator_benchmark_runs_each_side_on_its_allocator(xlmr_dir: str) -> None:
+    out = _run("bench.allocator", "--model-dir", xlmr_dir, "--pairs", "4", "--rounds", "1",
+               "--dtype", "float32")
+    assert "| glibc |" in out and "| tcmalloc |" in out and "tcmalloc / glibc" in out
