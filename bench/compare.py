@@ -16,8 +16,10 @@
    being scored; the tiny generated model is used here, since this measures scheduling, and
    the full-size model would need minutes of CPU for that one document.
 Ends with one table. The workload: fixed-seed requests of 1 query (5-25 words) and 10-100
-documents (5-20 on a CPU) of 20-400 words, 5% of them 1000-3000 words. This process and our
-server run on tcmalloc when it is installed (app/allocator.py); Infinity keeps its default.
+documents (5-20 on a CPU) of 20-400 words, 5% of them 1000-3000 words. Both servers and the
+engine bound run on the same allocator: this process re-executes itself on tcmalloc when it is
+installed (app/allocator.py), and both servers inherit its LD_PRELOAD, so the allocator (1.29x
+on a CPU, `bench.allocator`) is not part of the ratio.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def allocator_name() -> str:
+    """This process's allocator, which both servers inherit."""
     return "tcmalloc" if loaded_tcmalloc() else "glibc"
 
 
@@ -231,7 +234,7 @@ def main() -> None:
     docs_total = sum(len(r.documents) for r in requests)
     print()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__},"
-          f" device {args.device}, dtype {args.dtype}, allocator {allocator_name()}")
+          f" device {args.device}, dtype {args.dtype}, allocator {allocator_name()} (both servers)")
     print(f"work: {len(requests)} requests, {docs_total} documents ({docs[0]}-{docs[1]} per"
           f" request), {sum(r.tokens for r in requests)} tokens; closed loop: {args.concurrency}"
           f" clients over all of it, {args.rounds} rounds (A B A B), median; open loop:"

@@ -63,7 +63,8 @@ def ours(model: str, *flags: str, timeout: float = 300) -> AbstractContextManage
 def infinity(
     venv: Path, model: str, *flags: str, timeout: float = 300
 ) -> AbstractContextManager[Running]:
-    """Infinity (`infinity_emb v2`) from its own virtual environment."""
+    """Infinity (`infinity_emb v2`) from its own virtual environment; it inherits this
+    process's environment, LD_PRELOAD (the allocator) included."""
     port = free_port()
     cmd = [str(venv / "bin/infinity_emb"), "v2", "--model-id", model, "--port", str(port),
            "--host", "127.0.0.1", "--engine", "torch", "--log-level", "warning", *flags]
