@@ -66,8 +66,8 @@ def ensure(choice: Allocator, argv: list[str]) -> str:
     """Re-exec this process with tcmalloc when `choice` asks for it and it is not loaded yet.
     Returns the allocator in use (for the start-up log); raises AllocatorUnavailable when
     `tcmalloc` was required and is not installed. Does not return when it re-executes."""
-    if choice == "system":
-        return "tcmalloc (preloaded by the caller)" if loaded_tcmalloc() else "system (glibc)"
+    if choice == "system" or (choice == "auto" and not sys.platform.startswith("linux")):
+        return "tcmalloc (preloaded by the caller)" if loaded_tcmalloc() else "system"
     if loaded_tcmalloc():
         return "tcmalloc"
     library = find_tcmalloc()
@@ -77,7 +77,7 @@ def ensure(choice: Allocator, argv: list[str]) -> str:
                 "--allocator tcmalloc: no loadable tcmalloc found; install it (Debian/Ubuntu:"
                 " apt install libtcmalloc-minimal4) or use --allocator system"
             )
-        return "system (glibc; install libtcmalloc-minimal4 for faster CPU inference)"
+        return "system (install libtcmalloc-minimal4 for faster CPU inference)"
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *argv], exec_env(library, dict(os.environ)))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.allocator import find_tcmalloc
+from bench.compare import stage_totals, where_time_went
 from bench.loadgen import closed_loop, fixed_work, open_loop
 from bench.workload import Request, make_requests, with_token_counts
 from tests.conftest import LiveServer
@@ -48,7 +49,12 @@ def test_load_generator_counts_what_a_live_server_answered(
     assert all(r.tokens > sum(len(d.split()) for d in r.documents) for r in requests)
     url = xlmr_server.url
 
+    before = stage_totals(url)
     fixed = asyncio.run(fixed_work(url, "/v1/rerank", requests, concurrency=3))
+    after = stage_totals(url)
+    assert after["reranker_batch_tokens_sum"] - before["reranker_batch_tokens_sum"] > sum(
+        r.tokens for r in requests)  # windows add the query and special tokens
+    assert "worker in forward passes" in where_time_went(before, after, fixed)
     s = fixed.summary()
     assert dict(fixed.statuses) == {"200": 6} and s["errors"] == 0
     assert fixed.documents == sum(len(r.documents) for r in requests)

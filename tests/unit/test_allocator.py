@@ -23,7 +23,7 @@ def _no_exec(*_: object) -> None:
 def test_system_never_re_executes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(allocator.os, "execve", _no_exec)
     monkeypatch.setattr(allocator, "loaded_tcmalloc", lambda: False)
-    assert allocator.ensure("system", []) == "system (glibc)"
+    assert allocator.ensure("system", []) == "system"
 
 
 def test_auto_without_the_library_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
