@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.allocator import Allocator
+
 DEFAULT_MODEL = "jinaai/jina-reranker-v2-base-multilingual"
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -71,7 +73,7 @@ class Settings(BaseSettings):
     )
     hf_cache_dir: str | None = Field(None, description="Hugging Face cache directory.")
     log_level: str = Field("info", description="Log level.")
-    allocator: Literal["auto", "tcmalloc", "system"] = Field(
+    allocator: Allocator = Field(
         "auto",
         description="Memory allocator of `reranker serve`: auto = tcmalloc when installed"
         " (faster CPU inference; see app/allocator.py), else glibc's.",

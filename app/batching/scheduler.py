@@ -5,7 +5,10 @@ items wait in their own FIFO. A batch is built around a head item taken from the
 has had the fewest tokens scored so far (so a small request is not stuck behind a 500,000-token
 one), except that every OLDEST_EVERY-th batch serves the oldest request (so a large one always
 progresses). Around the head go the look-ahead items closest to it in length, as many as the
-token budget allows. Results go back to the event loop with one `call_soon_threadsafe` per batch.
+token budget allows. Once a request has had BULK_BUDGETS budgets scored, batches it leads get
+half the budget: a request arriving behind it then waits at most half a full batch, which costs
+the bulk request little (half a budget still fills the device). Results go back to the event
+loop with one `call_soon_threadsafe` per batch.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class Item:
 
 
 OLDEST_EVERY = 4
+BULK_BUDGETS = 4
 
 
 @dataclass(slots=True)
@@ -206,6 +210,9 @@ class Scheduler:
 
     def _form_batch(self) -> Batch:
         head_job = self._head_job()
+        budget = self.max_batch_tokens
+        if head_job.dispatched_tokens >= BULK_BUDGETS * budget:
+            budget = max(1, budget // 2)
         # A batch led by a lightly served request is filled only from requests within one
         # budget of it, so a small request never rides with a huge document's windows.
         ceiling = head_job.dispatched_tokens + self.max_batch_tokens
@@ -238,7 +245,7 @@ class Scheduler:
             cand = window[left if take_left else right]  # type: ignore[index]
             new_longest = max(longest, cand.length)
             new_total = total + cand.length
-            if self._cost(hi - lo + 2, new_longest, new_total) > self.max_batch_tokens:
+            if self._cost(hi - lo + 2, new_longest, new_total) > budget:
                 break
             total, longest = new_total, new_longest
             if take_left:

@@ -207,3 +207,16 @@ async def test_a_small_requests_batch_is_not_filled_with_a_huge_ones_windows() -
     small = s.submit([pair(10, token=2)])
     batch = await asyncio.to_thread(s.next_batch)
     assert batch is not None and [item.job for item in batch.items] == [small]
+
+
+async def test_a_bulk_requests_batches_shrink_to_half_a_budget() -> None:
+    s = make(max_batch_tokens=40, pads=False)
+    big = s.submit([pair(10, token=1)] * 40)
+    sizes = [len(await next_lengths(s)) for _ in range(6)]
+    # 4 windows per batch until it has had 4 budgets (160 tokens), then 2: a request that
+    # arrives now waits for at most half a full batch.
+    assert sizes == [4, 4, 4, 4, 2, 2]
+    assert big.dispatched_tokens == 200
+    small = s.submit([pair(10, token=2)] * 4)
+    batch = await asyncio.to_thread(s.next_batch)
+    assert batch is not None and [item.job for item in batch.items] == [small] * 4  # full budget
