@@ -288,7 +288,8 @@ def main() -> None:
           f" device {args.device}, dtype {args.dtype}, allocator {allocator_name()} (both servers)")
     print(f"work: {len(requests)} requests, {docs_total} documents ({docs[0]}-{docs[1]} per"
           f" request), {sum(r.tokens for r in requests)} tokens; closed loop: {args.concurrency}"
-          f" clients over all of it, {args.rounds} rounds (A B A B), median; open loop:"
+          f" clients over all of it, {args.rounds} rounds ({' '.join(['A B'] * args.rounds)}),"
+          f" median; open loop:"
           f" {count} requests at {rate:.3f} req/s (50% of the lower capacity)")
     print()
     print("| server | docs/s | tokens/s | req/s | p50 ms | p95 ms | p99 ms | errors |"
