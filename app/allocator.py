@@ -3,8 +3,8 @@
 A CPU forward pass allocates and frees activation tensors of tens of megabytes per layer. glibc
 serves blocks that large with fresh `mmap`s and unmaps them on free, so every layer pays page
 faults (and zeroes the pages) again; the stall holds up the other intra-op threads too.
-tcmalloc keeps freed spans for reuse: on the 2-core bf16 CPU host a batch of the RAG mix ran
-1.22x faster with it (docs/benchmarks.md, "Allocator"). An allocator can only be swapped at
+tcmalloc keeps freed spans for reuse: on the 2-core bf16 CPU host batches of the RAG mix ran
+1.15-1.29x faster with it (docs/benchmarks.md, "Allocator"). An allocator can only be swapped at
 exec time, so `reranker serve` re-executes itself once with tcmalloc in `LD_PRELOAD` when the
 library is installed (Debian/Ubuntu: `libtcmalloc-minimal4`). Same PID: signals still reach it.
 """

@@ -6,7 +6,8 @@ Each side is a fresh process (an allocator is chosen at exec time) that loads th
 random jina-shaped model, tokenizes the fixed-seed RAG mix, and scores the same batches on a
 worker thread, as the service does (glibc serves a non-main thread from mmap'd arenas, so the
 main thread would understate the effect). Reports wall time, CPU time in the kernel and minor
-page faults per side, and the ratio. Needs tcmalloc installed (libtcmalloc-minimal4).
+page faults per side, and the ratio. Needs tcmalloc installed (libtcmalloc-minimal4);
+`--jemalloc` adds a third side when libjemalloc2 is installed.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    parser.add_argument("--jemalloc", action="store_true",
+                        help="also jemalloc, when installed (libjemalloc2)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -77,6 +80,9 @@ def main() -> None:
     ensure_model(args.model_dir)
     base = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     envs = {"glibc": base, "tcmalloc": exec_env(library, base)}
+    jemalloc = next((str(p) for p in Path("/usr/lib").glob("*-linux-gnu/libjemalloc.so.2")), None)
+    if args.jemalloc and jemalloc:
+        envs["jemalloc"] = {**base, "LD_PRELOAD": jemalloc}
     cmd = [sys.executable, "-m", "bench.allocator", "--child", "--model-dir", str(args.model_dir),
            "--pairs", str(args.pairs), "--dtype", args.dtype,
            "--max-batch-tokens", str(args.max_batch_tokens)]

@@ -18,7 +18,7 @@
 Ends with one table. The workload: fixed-seed requests of 1 query (5-25 words) and 10-100
 documents (5-20 on a CPU) of 20-400 words, 5% of them 1000-3000 words. Both servers and the
 engine bound run on the same allocator: this process re-executes itself on tcmalloc when it is
-installed (app/allocator.py), and both servers inherit its LD_PRELOAD, so the allocator (1.29x
+installed (app/allocator.py), and both servers inherit its LD_PRELOAD, so the allocator (1.15-1.29x
 on a CPU, `bench.allocator`) is not part of the ratio.
 """
 

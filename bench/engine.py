@@ -89,6 +89,18 @@ def run_backend(scorer: Scorer, batches: list[list[Pair]]) -> float:
     return time.perf_counter() - t0
 
 
+def profile(scorer: Scorer, batches: list[list[Pair]]) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    batch = batches[len(batches) // 2]
+    scorer.score([p.ids for p in batch[:2]], [p.split for p in batch[:2]])
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        scorer.score([p.ids for p in batch], [p.split for p in batch])
+    print(f"one batch: {len(batch)} sequences, {sum(len(p.ids) for p in batch)} tokens")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -102,6 +114,9 @@ def main() -> None:
         help="pairs queued when a batch forms (the scheduler sorts by length among them)",
     )
     parser.add_argument("--dtype", choices=list(DTYPES), default="bfloat16")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: torch.profiler's op table for the native engine's"
+                        " middle batch")
     args = parser.parse_args()
 
     model_dir = ensure_model(args.model_dir)
@@ -117,6 +132,9 @@ def main() -> None:
         name: form_batches(pairs, args.max_batch_tokens, loaded.scorers[0].pads, args.lookahead)
         for name, loaded in backends.items()
     }
+    if args.profile:
+        profile(backends["native"].scorers[0], batches["native"])
+        return
     times: dict[str, list[float]] = {name: [] for name in backends}
     for r in range(args.rounds):
         for name, loaded in backends.items():
