@@ -103,19 +103,15 @@ def main(argv: list[str] | None = None) -> int:
 def make_test_model(args: argparse.Namespace) -> int:
     import tempfile
 
-    from app.testmodel import write_jina_checkpoint, write_test_model
+    from app.testmodel import JINA_V2_SHAPE, write_jina_checkpoint, write_test_model
 
     if args.naming == "jina" and args.family != "xlm-roberta":
         print("reranker: --naming jina is for --family xlm-roberta", file=sys.stderr)
         return 2
-    full = args.full_size
+    size: dict[str, int] = JINA_V2_SHAPE if args.full_size else dict(hidden=32, layers=2, heads=4)
 
     def write(out_dir: str) -> Path:
-        return write_test_model(
-            out_dir, args.family, max_length=args.max_length, hidden=768 if full else 32,
-            layers=12 if full else 2, heads=12 if full else 4,
-            model_vocab_size=250002 if full else None,
-        )
+        return write_test_model(out_dir, args.family, max_length=args.max_length, **size)
 
     if args.naming == "jina":
         with tempfile.TemporaryDirectory() as stock:

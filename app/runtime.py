@@ -14,6 +14,7 @@ from app.batching.worker import Worker
 from app.config import Settings
 from app.engine.backends import device_memory_bytes
 from app.engine.loading import LoadedModel, load_model
+from app.engine.windows import window_budget
 from app.errors import NotReady
 from app.metrics import Metrics
 from app.service import RerankService
@@ -167,7 +168,7 @@ class Runtime:
         """One max-length forward per device, so the first real long input pays no set-up."""
         encoder = model.encoder
         query = encoder.encode_query("warm up")
-        window = [encoder.sep_id] * (encoder.max_length - len(query) - 2)
+        window = [encoder.sep_id] * window_budget(encoder.max_length, len(query))
         ids = encoder.pair_ids(query, window)
         for scorer in model.scorers:
             scorer.score([ids], [len(query)])

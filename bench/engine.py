@@ -32,13 +32,10 @@ DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 def ensure_model(model_dir: Path) -> Path:
     if not (model_dir / "config.json").exists():
-        from app.testmodel import write_test_model
+        from app.testmodel import JINA_V2_SHAPE, write_test_model
 
         print(f"writing a full-size random model to {model_dir} ...", flush=True)
-        write_test_model(
-            model_dir, "xlm-roberta", max_length=1024, hidden=768, layers=12, heads=12,
-            model_vocab_size=250002,
-        )
+        write_test_model(model_dir, "xlm-roberta", max_length=1024, **JINA_V2_SHAPE)
     return model_dir
 
 

@@ -27,7 +27,7 @@ from app.engine.loading import load_model
 from app.engine.modeling import AttentionPath
 from app.engine.native import NativeScorer, pick_attention
 from app.engine.tokenize import Pair
-from app.testmodel import write_jina_checkpoint, write_test_model
+from app.testmodel import JINA_V2_SHAPE, write_jina_checkpoint, write_test_model
 from bench.engine import flops_per_pair, form_batches, matmul_rate
 from bench.workload import make_pairs
 
@@ -37,10 +37,8 @@ PEAK_BF16 = {"H100 SXM": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H200"
 
 
 def build_models(root: Path, small: bool) -> tuple[Path, Path]:
-    size = dict(hidden=64, layers=2, heads=4) if small else dict(
-        hidden=768, layers=12, heads=12, model_vocab_size=250002
-    )
-    stock = write_test_model(root / "stock", "xlm-roberta", max_length=1024, **size)  # type: ignore[arg-type]
+    size = dict(hidden=64, layers=2, heads=4) if small else JINA_V2_SHAPE
+    stock = write_test_model(root / "stock", "xlm-roberta", max_length=1024, **size)
     return stock, write_jina_checkpoint(stock, root / "jina")
 
 

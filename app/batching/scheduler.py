@@ -39,6 +39,7 @@ class Job:
     queue_s: float = 0.0
     inference_s: float = 0.0
     abandoned: bool = False
+    on_abandon: Callable[[], None] | None = None
     dispatched_tokens: int = 0
     """Tokens of this request already handed to a forward pass (its attained service)."""
 
@@ -49,6 +50,8 @@ class Job:
     def abandon(self) -> None:
         """Mark the request as gone: its waiting items are dropped before any forward pass."""
         self.abandoned = True
+        if self.on_abandon is not None:
+            self.on_abandon()
 
 
 @dataclass(eq=False, slots=True)
@@ -103,7 +106,7 @@ class Scheduler:
         self._depth = 0
         self._queued_tokens = 0
         self._batches_formed = 0
-        self._oldest_turn = False
+        self._abandoned = False  # set when some job was abandoned: _drop_abandoned has work
         self._cond = threading.Condition()
         self._closed = False
 
@@ -111,7 +114,7 @@ class Scheduler:
     def submit(self, pairs: Sequence[tuple[Sequence[int], int]]) -> Job:
         """Queue one request's (ids, split) pairs; the returned job's future gets their logits."""
         loop = asyncio.get_running_loop()
-        job = Job(len(pairs), loop.create_future(), loop)
+        job = Job(len(pairs), loop.create_future(), loop, on_abandon=self._note_abandoned)
         if not pairs:
             job.future.set_result(job.logits)
             return job
@@ -186,7 +189,13 @@ class Scheduler:
         oldest = next(iter(self._jobs.values()))[0]
         return oldest.enqueued + self.max_wait_s - self._clock()
 
+    def _note_abandoned(self) -> None:
+        self._abandoned = True  # a plain flag: read under the lock, a late set is seen next time
+
     def _drop_abandoned(self) -> None:
+        if not self._abandoned:
+            return
+        self._abandoned = False
         gone = [job for job in self._jobs if job.abandoned]
         dropped = 0
         for job in gone:
@@ -201,15 +210,15 @@ class Scheduler:
     def _cost(self, count: int, longest: int, total: int) -> int:
         return count * longest if self.pads else total
 
-    def _head_job(self) -> Job:
+    def _head_job(self) -> tuple[Job, bool]:
+        """The job a batch is built around, and whether it is the oldest job's turn."""
         self._batches_formed += 1
-        self._oldest_turn = self._batches_formed % OLDEST_EVERY == 0
-        if self._oldest_turn:
-            return next(iter(self._jobs))
-        return min(self._jobs, key=lambda job: job.dispatched_tokens)  # ties: the oldest
+        if self._batches_formed % OLDEST_EVERY == 0:
+            return next(iter(self._jobs)), True
+        return min(self._jobs, key=lambda job: job.dispatched_tokens), False  # ties: the oldest
 
     def _form_batch(self) -> Batch:
-        head_job = self._head_job()
+        head_job, oldest_turn = self._head_job()
         budget = self.max_batch_tokens
         if head_job.dispatched_tokens >= BULK_BUDGETS * budget:
             budget = max(1, budget // 2)
@@ -218,7 +227,7 @@ class Scheduler:
         ceiling = head_job.dispatched_tokens + self.max_batch_tokens
         others = sorted(
             (job for job in self._jobs
-             if job is not head_job and (job.dispatched_tokens <= ceiling or self._oldest_turn)),
+             if job is not head_job and (job.dispatched_tokens <= ceiling or oldest_turn)),
             key=lambda j: j.dispatched_tokens,
         )
         window: list[Item] = []
@@ -259,9 +268,9 @@ class Scheduler:
 
     def _remove(self, chosen: list[Item]) -> None:
         """Take the chosen items out of their requests' FIFOs (they come from its front)."""
-        by_job: dict[Job, set[int]] = {}
+        by_job: dict[Job, set[Item]] = {}  # Items hash by identity (eq=False)
         for item in chosen:
-            by_job.setdefault(item.job, set()).add(id(item))
+            by_job.setdefault(item.job, set()).add(item)
             item.job.dispatched_tokens += item.length
             self._queued_tokens -= item.length
         self._depth -= len(chosen)
@@ -270,8 +279,8 @@ class Scheduler:
             kept: list[Item] = []
             while ids:
                 item = items.popleft()
-                if id(item) in ids:
-                    ids.discard(id(item))
+                if item in ids:
+                    ids.discard(item)
                 else:
                     kept.append(item)
             items.extendleft(reversed(kept))
@@ -340,6 +349,6 @@ def _deliver(items: list[Item], logits: np.ndarray, started: float, ended: float
 def _fail(items: list[Item]) -> None:
     for item in items:
         job = item.job
-        job.abandoned = True
+        job.abandon()  # its other queued items go too
         if not job.future.done():
             job.future.set_exception(InferenceFailed())

@@ -24,7 +24,6 @@ class Worker:
     def __init__(self, scheduler: Scheduler, scorer: Scorer, metrics: Metrics) -> None:
         self.scheduler = scheduler
         self.scorer = scorer
-        self.error: BaseException | None = None
         self._metrics = metrics
         self._inference = metrics.inference_duration.labels(device=scorer.device)
         self._thread = threading.Thread(
@@ -49,7 +48,6 @@ class Worker:
                 self._process(batch)
                 current = None
         except BaseException as exc:  # the thread is going down: leave nobody waiting
-            self.error = exc
             log.critical("worker on %s died: %r", self.scorer.device, exc)
             if current is not None:
                 self.scheduler.fail(current)
@@ -73,7 +71,7 @@ class Worker:
         self._metrics.padding_efficiency.observe(batch.real_tokens / max(1, batch.cost_tokens))
         self.scheduler.complete(batch, logits, started, ended)
 
-    def _score(self, items: Sequence[Item]) -> np.ndarray:
+    def _score(self, items: Sequence[Item], backed_off: bool = False) -> np.ndarray:
         try:
             return self.scorer.score([it.ids for it in items], [it.split for it in items])
         except Exception as exc:
@@ -81,10 +79,13 @@ class Worker:
                 raise
             release_cached_memory()
             self._metrics.out_of_memory.inc()
-            budget = self.scheduler.back_off()
-            log.warning(
-                "out of memory on %s with %d pairs: splitting the batch in halves;"
-                " token budget %d for the next 60 s", self.scorer.device, len(items), budget,
-            )
+            if not backed_off:  # once per batch, however deep the splitting goes
+                budget = self.scheduler.back_off()
+                log.warning(
+                    "out of memory on %s with %d pairs: splitting the batch in halves;"
+                    " token budget %d for the next 60 s", self.scorer.device, len(items), budget,
+                )
             half = len(items) // 2
-            return np.concatenate([self._score(items[:half]), self._score(items[half:])])
+            return np.concatenate(
+                [self._score(items[:half], True), self._score(items[half:], True)]
+            )

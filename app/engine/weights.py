@@ -53,10 +53,6 @@ def read_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{model_dir} has neither model.safetensors nor pytorch_model.bin")
 
 
-def is_jina_naming(names: set[str] | list[str]) -> bool:
-    return any(n.endswith("mixer.Wqkv.weight") for n in names)
-
-
 def to_native(tensors: dict[str, torch.Tensor], family: Family) -> dict[str, torch.Tensor]:
     """Rename (and fuse q, k, v for stock checkpoints) into the native parameter names."""
     prefix = "bert." if family == "bert" else "roberta."

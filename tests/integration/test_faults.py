@@ -39,8 +39,9 @@ def test_out_of_memory_splits_the_batch_and_backs_off(
     got = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
     want = reference_scores(xlmr_dir, "red planet", docs)
     assert max(abs(got[i] - w) for i, w in enumerate(want)) < 1e-5
-    assert server.metric("reranker_out_of_memory_total") >= 1
-    assert server.metric("reranker_batch_token_budget") <= 2048
+    assert server.metric("reranker_out_of_memory_total") >= 2  # 9 -> 4 + 5 -> ... -> 2s
+    # halved once for the batch, however many times it was split
+    assert server.metric("reranker_batch_token_budget") == 2048
     assert any(failed for _, failed in scorers[0].log)
     assert all(len(ids) <= 2 for ids, failed in scorers[0].log if not failed)
 
