@@ -26,6 +26,7 @@ _SERVE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--max-batch-tokens", "max_batch_tokens", {"type": int}),
     ("--max-wait-ms", "max_wait_ms", {"type": float}),
     ("--max-queue", "max_queue", {"type": int}),
+    ("--max-queue-time", "max_queue_time_s", {"type": float}),
     ("--max-documents", "max_documents", {"type": int}),
     ("--max-body-bytes", "max_body_bytes", {"type": int}),
     ("--max-document-chars", "max_document_chars", {"type": int}),

@@ -31,7 +31,9 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=0, le=65535, description="TCP port.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N[,cuda:M...]")
     dtype: Dtype = Field(
-        "auto", description="auto = bfloat16 on CUDA and on CPUs with native bf16, else float32."
+        "auto",
+        description="auto = bfloat16 on CUDA; on CPU the faster of float32 and bfloat16, timed at"
+        " start-up on the model's shapes.",
     )
     backend: Backend = Field(
         "auto",
@@ -46,6 +48,11 @@ class Settings(BaseSettings):
     )
     max_queue: int = Field(
         65536, ge=1, description="Scoring items (query-window pairs) allowed to wait; then 429."
+    )
+    max_queue_time_s: float = Field(
+        1.0, gt=0,
+        description="Longest predicted wait before a request's work starts; a request predicted"
+        " to wait longer gets 429 at once, with Retry-After = when it would fit.",
     )
     max_documents: int = Field(1000, ge=1, description="Documents per request.")
     max_body_bytes: int = Field(

@@ -6,6 +6,7 @@ what to fix. Server-side failures never echo exception text.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -99,5 +100,8 @@ def error_response_parts(exc: RerankError) -> tuple[int, dict[str, str], dict[st
     )
     headers = dict(spec.headers)
     if exc.retry_after_s is not None:
-        headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
+        # Retry-After is whole seconds (rounded up, so a client that honours it does not come
+        # back too early); retry-after-ms, which OpenAI's and Azure's clients read, is exact.
+        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after_s)))
+        headers["retry-after-ms"] = str(max(1, math.ceil(exc.retry_after_s * 1000)))
     return spec.status, headers, {"detail": exc.detail}

@@ -115,6 +115,30 @@ class Metrics:
             " reserved).",
             ["device", "kind"], registry=r,
         )
+        self.requests_shed = Counter(
+            "reranker_requests_shed",
+            "Rerank requests refused at admission, before any tokenizing, by reason: queue_time"
+            " (would wait past --max-queue-time), deadline (would finish after its deadline, or"
+            " push an admitted request past its own), too_large (cannot finish in time even on"
+            " an idle server: 413), queue_full (--max-queue items).",
+            ["reason"], registry=r,
+        )
+        self.predicted_queue_time = Histogram(
+            "reranker_predicted_queue_seconds",
+            "Predicted wait before an admitted request's own work starts.",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.throughput = Gauge(
+            "reranker_throughput_tokens_per_second",
+            "Measured tokens scored per second by all devices (moving estimate; admission"
+            " predicts with it).",
+            registry=r,
+        )
+        self.deadline_misses = Counter(
+            "reranker_deadline_misses",
+            "Admitted requests that still ran past their deadline (504): prediction failures.",
+            registry=r,
+        )
         self.ready = Gauge(
             "reranker_ready", "1 when the model is loaded, warmed up and serving.", registry=r
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,12 +17,35 @@ import numpy as np
 
 from app.batching.scheduler import Scheduler
 from app.engine.tokenize import EncodedRequest, PairEncoder
+from app.engine.windows import scored_tokens
 from app.errors import RequestTooLarge
 from app.metrics import Metrics
 
 BULK_CHARS = 200_000
 """Requests with more characters than this (about 50,000 tokens, ~50 ms of tokenization) are
 tokenized on the bulk lane."""
+
+SEED_CHARS_PER_TOKEN = 3.0
+"""Before the first request is tokenized: fewer characters per token than most text has
+(XLM-R: ~4 for English), so the first estimates err on the side of more work."""
+
+
+class CharsPerToken:
+    """Characters per token of recent requests (decayed sums), to estimate a request's tokens
+    before it is tokenized."""
+
+    def __init__(self) -> None:
+        self._chars = SEED_CHARS_PER_TOKEN
+        self._tokens = 1.0
+
+    def observe(self, chars: int, tokens: int) -> None:
+        if tokens > 0:
+            self._chars = 0.9 * self._chars + chars
+            self._tokens = 0.9 * self._tokens + tokens
+
+    @property
+    def value(self) -> float:
+        return self._chars / self._tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +96,7 @@ class RerankService:
         self.scheduler = scheduler
         self.max_request_tokens = max_request_tokens
         self._metrics = metrics
+        self.chars_per_token = CharsPerToken()
         # Two tokenizer lanes of one thread each (the Rust tokenizer parallelises a batch
         # itself): requests past BULK_CHARS take their own, so a huge document's seconds of
         # tokenization do not hold up the small requests arriving behind it.
@@ -88,12 +113,15 @@ class RerankService:
         documents: Sequence[str],
         top_n: int | None = None,
         truncation: Truncation | None = None,
+        timeout_s: float = math.inf,
     ) -> RerankOutcome:
         """Documents ranked by relevance to the query (score desc, then index asc), cut to top_n.
 
         A document longer than one model input is scored as the max over its windows.
         Identical documents are scored once, so they tie exactly (a batch's row position can
         change a float's last bit). Cancelling the caller drops its items not yet scored.
+        The request is admitted (or refused with 429/413) on its estimated tokens before any
+        tokenizing: see Scheduler.admit.
         """
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
@@ -108,17 +136,22 @@ class RerankService:
             keep_tail=cut.keep_tail, max_windows=cut.max_windows,
         )
         chars = len(query) + sum(map(len, first_seen))
-        lane = self._bulk_lane if chars > BULK_CHARS else self._lane
-        encoded: EncodedRequest = await loop.run_in_executor(lane, encode)
-        tokenization_s = time.perf_counter() - t0
-        self._metrics.tokenization_duration.observe(tokenization_s)
-        if encoded.input_tokens > self.max_request_tokens:
-            raise RequestTooLarge(
-                f"the query and documents come to {encoded.input_tokens} tokens; the limit is"
-                f" {self.max_request_tokens} per request (max_request_tokens)"
-            )
-
-        job = self.scheduler.submit([(p.ids, p.split) for p in encoded.pairs])
+        job = self.scheduler.admit(self.estimate_tokens(query, list(first_seen), cut), timeout_s)
+        try:
+            lane = self._bulk_lane if chars > BULK_CHARS else self._lane
+            encoded: EncodedRequest = await loop.run_in_executor(lane, encode)
+            tokenization_s = time.perf_counter() - t0
+            self._metrics.tokenization_duration.observe(tokenization_s)
+            self.chars_per_token.observe(chars, encoded.input_tokens)
+            if encoded.input_tokens > self.max_request_tokens:
+                raise RequestTooLarge(
+                    f"the query and documents come to {encoded.input_tokens} tokens; the limit"
+                    f" is {self.max_request_tokens} per request (max_request_tokens)"
+                )
+            self.scheduler.enqueue(job, [(p.ids, p.split) for p in encoded.pairs], timeout_s)
+        except BaseException:
+            self.scheduler.release(job)
+            raise
         try:
             logits = await job.future
         except asyncio.CancelledError:
@@ -139,6 +172,20 @@ class RerankService:
         return RerankOutcome(
             results, encoded.total_tokens, tokenization_s, job.queue_s, job.inference_s
         )
+
+
+    def estimate_tokens(self, query: str, documents: Sequence[str], cut: Truncation) -> int:
+        """Tokens the request will feed the model, from its characters alone (no tokenizing)."""
+        per_token = self.chars_per_token.value
+        encoder = self.encoder
+        query_len = min(encoder.max_query_length, math.ceil(len(query) / per_token) + 2)
+        total = 0
+        for text in documents:
+            doc_len = math.ceil(len(text) / per_token)
+            if cut.max_doc_tokens is not None:
+                doc_len = min(doc_len, cut.max_doc_tokens)
+            total += scored_tokens(doc_len, query_len, encoder.max_length, cut.max_windows)
+        return total
 
 
 def _max_per_document(logits: np.ndarray, doc_of_pair: list[int], n_docs: int) -> np.ndarray:

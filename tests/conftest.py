@@ -119,7 +119,7 @@ def server_factory() -> Iterator[ServerFactory]:
 
     def make(model: str, loader: Loader = default_loader, wait_ready: bool = True,
              **overrides: Any) -> LiveServer:
-        settings = Settings(model=model, device="cpu", dtype="float32", **overrides)
+        settings = Settings(**{"model": model, "device": "cpu", "dtype": "float32", **overrides})
         server = LiveServer(settings, loader).start(wait_ready=wait_ready)
         started.append(server)
         return server

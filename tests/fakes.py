@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -25,11 +26,17 @@ class SumScorer:
         self.delay_s = delay_s
         self.batches: list[list[list[int]]] = []
 
-    def score(self, ids: Sequence[Sequence[int]], splits: Sequence[int]) -> np.ndarray:
-        self.batches.append([list(x) for x in ids])
+    def prepare(self, ids: Sequence[Sequence[int]], splits: Sequence[int]) -> list[list[int]]:
+        return [[int(t) for t in x] for x in ids]
+
+    def run(self, ids: list[list[int]]) -> np.ndarray:
+        self.batches.append(ids)
         if self.delay_s:
             time.sleep(self.delay_s)
         return np.array([sum(x) / max(1, len(x)) / 100 for x in ids], dtype=np.float32)
+
+    def score(self, ids: Sequence[Sequence[int]], splits: Sequence[int]) -> np.ndarray:
+        return self.run(self.prepare(ids, splits))
 
 
 class WorkerKilled(BaseException):
@@ -62,15 +69,24 @@ class WrappedScorer:
         self.log: list[tuple[list[tuple[int, ...]], bool]] = []
         self.lock = threading.Lock()
 
-    def score(self, ids: Sequence[Sequence[int]], splits: Sequence[int]) -> np.ndarray:
+    def prepare(
+        self, ids: Sequence[Sequence[int]], splits: Sequence[int]
+    ) -> tuple[list[tuple[int, ...]], Any]:
+        return [tuple(int(t) for t in x) for x in ids], self.inner.prepare(ids, splits)
+
+    def run(self, prepared: tuple[list[tuple[int, ...]], Any]) -> np.ndarray:
+        ids, inner = prepared
         if self.delay_s and (self.delay_if is None or self.delay_if(ids)):
             time.sleep(self.delay_s)
         failed = self.fail_if is not None and self.fail_if(ids)
         with self.lock:
-            self.log.append(([tuple(x) for x in ids], failed))
+            self.log.append((ids, failed))
         if failed:
             raise self.error()
-        return self.inner.score(ids, splits)
+        return self.inner.run(inner)
+
+    def score(self, ids: Sequence[Sequence[int]], splits: Sequence[int]) -> np.ndarray:
+        return self.run(self.prepare(ids, splits))
 
 
 def wrapping_loader(

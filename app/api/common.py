@@ -76,8 +76,11 @@ async def score(
     runtime.metrics.in_flight.inc()
     try:
         outcome = await _unless_disconnected(
-            service.rerank(query, texts, top_n, truncation), request, timeout
+            service.rerank(query, texts, top_n, truncation, timeout), request, timeout
         )
+    except DeadlineExceeded:
+        runtime.metrics.deadline_misses.inc()  # it was admitted: the prediction failed
+        raise
     finally:
         runtime.metrics.in_flight.dec()
     if outcome is None:

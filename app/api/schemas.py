@@ -128,6 +128,15 @@ class ModelCard(BaseModel):
     devices: list[str]
     backend: str
     attention: str
+    dtype_probe_gflops: dict[str, float] | None = Field(
+        None,
+        description="With --dtype auto on a CPU: the start-up probe's matmul speed per candidate"
+        " dtype (the fastest was chosen)",
+    )
+    tokens_per_second: float | None = Field(
+        None, description="Measured scoring speed of all devices (moving estimate)"
+    )
+    max_queue_time_s: float = Field(description="The queue-time limit admission enforces")
 
 
 class ModelList(BaseModel):

@@ -1,51 +1,52 @@
-"""One bounded queue of scoring items shared by all requests, and the rule that forms batches.
+"""One queue of scoring items shared by all requests: admission, batch forming, completion.
 
-Requests are submitted from the event loop; device worker threads pull batches. Each request's
-items wait in their own FIFO. A batch is built around a head item taken from the request that
-has had the fewest tokens scored so far (so a small request is not stuck behind a 500,000-token
-one), except that every OLDEST_EVERY-th batch serves the oldest request (so a large one always
-progresses). Around the head go the look-ahead items closest to it in length, as many as the
-token budget allows. Once a request has had BULK_BUDGETS budgets scored, batches it leads get
-half the budget: a request arriving behind it then waits at most half a full batch, which costs
-the bulk request little (half a budget still fills the device). Results go back to the event
-loop with one `call_soon_threadsafe` per batch.
+A request is first admitted (`admit`, before it is tokenized) on a prediction of when it would
+finish (app/batching/admission.py), then its items are queued (`enqueue`) in a FIFO of its own.
+Device workers pull batches: the lead request and the items that fill the batch come from the
+policy (app/batching/policy.py), computed outside the lock on a snapshot, so `admit` and
+`enqueue` on the event loop never wait for batch forming. Results go back to the event loop
+with one `call_soon_threadsafe` per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 
 import numpy as np
 
+from app.batching import policy
+from app.batching.admission import Admitted, forecast
+from app.batching.throughput import Throughput
+from app.engine.backends import TokenIds
 from app.errors import InferenceFailed, QueueFull, RequestTooLarge
 from app.metrics import Metrics
 
 
 @dataclass(eq=False)
 class Job:
-    """The scoring items of one request, and the future that resolves with all their logits."""
+    """One admitted request: its queued items, and the future that resolves with all logits."""
 
-    size: int
     future: asyncio.Future[np.ndarray]
     loop: asyncio.AbstractEventLoop
-    logits: np.ndarray = field(init=False)
-    remaining: int = field(init=False)
+    arrival: int
+    deadline: float
+    work: int
+    """Tokens not yet handed to a forward pass: an estimate until the request is tokenized."""
+    items: deque[Item] | None = None
+    logits: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float32))
+    remaining: int = 0
     queue_s: float = 0.0
     inference_s: float = 0.0
     abandoned: bool = False
     on_abandon: Callable[[], None] | None = None
     dispatched_tokens: int = 0
-    """Tokens of this request already handed to a forward pass (its attained service)."""
-
-    def __post_init__(self) -> None:
-        self.logits = np.empty(self.size, dtype=np.float32)
-        self.remaining = self.size
 
     def abandon(self) -> None:
         """Mark the request as gone: its waiting items are dropped before any forward pass."""
@@ -56,7 +57,7 @@ class Job:
 
 @dataclass(eq=False, slots=True)
 class Item:
-    ids: Sequence[int]
+    ids: TokenIds
     split: int
     job: Job
     pos: int
@@ -67,15 +68,13 @@ class Item:
         return len(self.ids)
 
 
-OLDEST_EVERY = 4
-BULK_BUDGETS = 4
-
-
-@dataclass(slots=True)
+@dataclass(eq=False, slots=True)
 class Batch:
     items: list[Item]
     real_tokens: int
     cost_tokens: int
+    started: float | None = None
+    """When its forward pass began (set by the worker); None while it is being prepared."""
 
 
 class Scheduler:
@@ -87,6 +86,7 @@ class Scheduler:
         max_queue: int,
         pads: bool,
         metrics: Metrics,
+        max_queue_time_s: float = math.inf,
         lookahead: int = 1024,
         workers: int = 1,
         clock: Callable[[], float] = time.perf_counter,
@@ -95,78 +95,229 @@ class Scheduler:
         self.max_batch_tokens = max_batch_tokens
         self._backoff_until = 0.0
         self.workers = workers
-        self._drain_rate = 0.0  # items per second per worker, moving average
+        self.throughput = Throughput()
+        """Tokens per second of one worker."""
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
+        self.max_queue_time_s = max_queue_time_s
         self.pads = pads
         self.lookahead = lookahead
         self._metrics = metrics
         self._clock = clock
-        self._jobs: OrderedDict[Job, deque[Item]] = OrderedDict()  # in arrival order
+        self._jobs: dict[Job, None] = {}  # admitted and not fully dispatched, in arrival order
+        self._arrivals = 0
+        self._in_flight: set[Batch] = set()
         self._depth = 0
         self._queued_tokens = 0
-        self._batches_formed = 0
+        self._without_oldest = 0  # batches formed since the oldest request was last served
         self._abandoned = False  # set when some job was abandoned: _drop_abandoned has work
         self._cond = threading.Condition()
+        self._forming = threading.Lock()  # one worker plans a batch at a time
         self._closed = False
 
     # -- event-loop side -------------------------------------------------------------------
-    def submit(self, pairs: Sequence[tuple[Sequence[int], int]]) -> Job:
-        """Queue one request's (ids, split) pairs; the returned job's future gets their logits."""
+    def tokens_per_s(self) -> float | None:
+        """Measured tokens per second of all workers together; None before any measurement."""
+        rate = self.throughput.tokens_per_s
+        return None if rate is None else rate * self.workers
+
+    def admit(self, tokens: int, timeout_s: float) -> Job:
+        """Admit a request of about `tokens` tokens with `timeout_s` to finish, or refuse it:
+        QueueFull (429) with the predicted time until it would fit, RequestTooLarge (413) when
+        it cannot finish in time even alone. The returned job holds its place in line."""
         loop = asyncio.get_running_loop()
-        job = Job(len(pairs), loop.create_future(), loop, on_abandon=self._note_abandoned)
+        now = self._clock()
+        deadline = now + timeout_s
+        rate = self.tokens_per_s()
+        with self._cond:
+            if self._closed:
+                raise QueueFull("the server is shutting down; retry on another replica",
+                                retry_after_s=1.0)
+            admitted = [Admitted(j.work, j.deadline, j.arrival) for j in self._jobs]
+            in_flight = list(self._in_flight)
+        if rate is not None:
+            guess = forecast(
+                admitted, tokens=tokens, now=now, deadline=deadline,
+                in_flight_s=self._in_flight_s(in_flight, now), tokens_per_s=rate,
+                max_queue_time_s=self.max_queue_time_s,
+            )
+            if guess.verdict != "admit":
+                self._metrics.requests_shed.labels(reason=guess.verdict).inc()
+                self._refuse(guess.verdict, tokens, timeout_s, rate, guess.wait_s,
+                             guess.finish_s, guess.retry_after_s)
+            self._metrics.predicted_queue_time.observe(guess.wait_s)
+        with self._cond:
+            self._arrivals += 1
+            job = Job(loop.create_future(), loop, self._arrivals, deadline, tokens,
+                      on_abandon=self._note_abandoned)
+            self._jobs[job] = None
+        return job
+
+    def _refuse(self, verdict: str, tokens: int, timeout_s: float, rate: float, wait: float,
+                finish: float, retry: float) -> None:
+        if verdict == "too_large":
+            raise RequestTooLarge(
+                f"this request comes to about {tokens} tokens to score, {tokens / rate:.1f} s of"
+                f" compute at the measured {rate:.0f} tokens/s: more than its {timeout_s:g} s"
+                " deadline even on an idle server; send fewer or shorter documents, or allow"
+                " more time (x-request-timeout, up to the server's --request-timeout)"
+            )
+        if verdict == "queue_time":
+            why = (f"it would wait about {wait:.1f} s before its work starts, over the"
+                   f" {self.max_queue_time_s:g} s queue-time limit (max_queue_time)")
+        else:
+            why = (f"it would finish in about {finish:.1f} s, after its {timeout_s:g} s deadline,"
+                   " or push an earlier request past its own")
+        raise QueueFull(
+            f"the server is at capacity: {why}; retry after {retry:.1f} s",
+            retry_after_s=retry,
+        )
+
+    def enqueue(
+        self, job: Job, pairs: Sequence[tuple[TokenIds, int]], timeout_s: float = math.inf
+    ) -> None:
+        """Queue an admitted request's (ids, split) pairs; `job.future` gets their logits.
+        Its estimated work is replaced by the real token count, and a request that turns out
+        unable to finish within `timeout_s` even alone is refused after all (413)."""
+        job.logits = np.empty(len(pairs), dtype=np.float32)
+        job.remaining = len(pairs)
         if not pairs:
+            self.release(job)
             job.future.set_result(job.logits)
-            return job
+            return
         if len(pairs) > self.max_queue:
+            self.release(job)
             raise RequestTooLarge(
                 f"this request needs {len(pairs)} scoring windows, more than the queue holds"
                 f" (max_queue={self.max_queue}); send fewer or shorter documents"
             )
         now = self._clock()
-        items = [Item(ids, split, job, pos, now) for pos, (ids, split) in enumerate(pairs)]
-        tokens = sum(len(ids) for ids, _ in pairs)
+        items = deque(Item(ids, split, job, pos, now) for pos, (ids, split) in enumerate(pairs))
+        tokens = sum(item.length for item in items)
+        rate = self.tokens_per_s()
+        if rate is not None and tokens / rate > timeout_s:
+            self.release(job)
+            self._metrics.requests_shed.labels(reason="too_large").inc()
+            self._refuse("too_large", tokens, timeout_s, rate, 0.0, 0.0, 0.0)
         with self._cond:
             if self._depth + len(items) > self.max_queue:
+                self._jobs.pop(job, None)
+                self._metrics.requests_shed.labels(reason="queue_full").inc()
                 raise QueueFull(
                     f"the server is at capacity ({self._depth} items queued,"
                     f" max_queue={self.max_queue}); retry after the Retry-After delay",
-                    retry_after_s=self.retry_after_s(),
+                    retry_after_s=self._drain_s(),
                 )
-            self._jobs[job] = deque(items)
+            if job.abandoned or job not in self._jobs:
+                return
+            job.items = items
+            job.work = tokens
             self._depth += len(items)
             self._queued_tokens += tokens
             self._update_gauges()
             self._cond.notify()
+
+    def release(self, job: Job) -> None:
+        """Give up an admitted request's place before its items were queued."""
+        with self._cond:
+            if job.items is None:
+                self._jobs.pop(job, None)
+
+    def submit(self, pairs: Sequence[tuple[TokenIds, int]], timeout_s: float = math.inf) -> Job:
+        """Admit and queue in one step (tests, warm-up)."""
+        job = self.admit(sum(len(ids) for ids, _ in pairs), timeout_s)
+        self.enqueue(job, pairs)
         return job
 
     # -- worker side -------------------------------------------------------------------------
     def next_batch(self) -> Batch | None:
         """Block until a batch is due; None once the scheduler is closed and drained."""
+        with self._forming:
+            snapshot = self._await_work()
+            if snapshot is None:
+                return None
+            ready, guard_turn = snapshot
+            views = [policy.JobView(job.work, job.arrival) for job in ready]
+            line = [ready[i] for i in policy.line_order(views, guard_turn)]
+            window: list[Item] = []
+            for job in line:
+                assert job.items is not None
+                window.extend(islice(job.items, self.lookahead - len(window)))
+                if len(window) >= self.lookahead:
+                    break
+            lengths = [item.length for item in window]
+            chosen = [window[i] for i in policy.fill_batch(lengths, self.max_batch_tokens,
+                                                           self.pads)]
+            with self._cond:
+                batch = self._take(chosen, oldest=min(ready, key=lambda job: job.arrival))
+                if self._jobs:
+                    self._cond.notify()
+            return batch
+
+    def _await_work(self) -> tuple[list[Job], bool] | None:
+        """Wait until a batch is due; then the ready jobs (oldest first) and the guard's turn."""
         with self._cond:
             while True:
                 self._drop_abandoned()
                 self._restore_budget()
-                if self._jobs:
+                if self._depth > 0:
                     wait = self._fill_wait()
                     if wait <= 0:
-                        batch = self._form_batch()
-                        self._update_gauges()
-                        if self._jobs:
-                            self._cond.notify()
-                        return batch
+                        ready = [job for job in self._jobs if job.items]
+                        return ready, policy.guard_due(self._without_oldest)
                     self._cond.wait(wait)
                 elif self._closed:
                     return None
                 else:
                     self._cond.wait()
 
-    def retry_after_s(self) -> float:
-        """Seconds until the queue has drained at the recent rate (1 s when unknown)."""
-        rate = self._drain_rate * self.workers
-        if rate <= 0:
-            return 1.0
-        return min(60.0, max(1.0, self._depth / rate))
+    def _take(self, chosen: list[Item], oldest: Job) -> Batch:
+        """Take the chosen items out of their requests' FIFOs (under the lock)."""
+        by_job: dict[Job, set[Item]] = {}  # Items hash by identity (eq=False)
+        total = longest = 0
+        for item in chosen:
+            by_job.setdefault(item.job, set()).add(item)
+            n = item.length
+            item.job.dispatched_tokens += n
+            item.job.work -= n
+            total += n
+            longest = max(longest, n)
+        self._queued_tokens -= total
+        self._depth -= len(chosen)
+        for job, taken in by_job.items():
+            items = job.items
+            assert items is not None
+            kept: list[Item] = []
+            while taken:
+                item = items.popleft()
+                if item in taken:
+                    taken.discard(item)
+                else:
+                    kept.append(item)
+            items.extendleft(reversed(kept))
+            if not items:
+                self._jobs.pop(job, None)
+        self._without_oldest = 0 if oldest in by_job else self._without_oldest + 1
+        self._update_gauges()
+        batch = Batch(chosen, total, len(chosen) * longest if self.pads else total)
+        self._in_flight.add(batch)
+        return batch
+
+    def _drain_s(self) -> float:
+        """Seconds until the queued tokens are scored at the measured rate (1 s when unknown)."""
+        rate = self.tokens_per_s()
+        return 1.0 if rate is None else max(1.0, self._queued_tokens / rate)
+
+    def _in_flight_s(self, batches: list[Batch], now: float) -> float:
+        """Predicted seconds until the batches handed to workers are done."""
+        rate = self.throughput.tokens_per_s
+        if rate is None or not batches:
+            return 0.0
+        left = 0.0
+        for batch in batches:
+            elapsed = now - batch.started if batch.started is not None else 0.0
+            left += max(0.0, batch.real_tokens / rate - elapsed)
+        return left / self.workers
 
     def back_off(self, seconds: float = 60.0) -> int:
         """Halve the token budget for a while (after an out-of-memory error); returns it."""
@@ -186,8 +337,8 @@ class Scheduler:
         """Seconds still worth waiting for more items; 0 when a batch should go now."""
         if self._closed or self._queued_tokens >= self.max_batch_tokens:
             return 0.0
-        oldest = next(iter(self._jobs.values()))[0]
-        return oldest.enqueued + self.max_wait_s - self._clock()
+        oldest = min(job.items[0].enqueued for job in self._jobs if job.items)
+        return oldest + self.max_wait_s - self._clock()
 
     def _note_abandoned(self) -> None:
         self._abandoned = True  # a plain flag: read under the lock, a late set is seen next time
@@ -196,96 +347,17 @@ class Scheduler:
         if not self._abandoned:
             return
         self._abandoned = False
-        gone = [job for job in self._jobs if job.abandoned]
         dropped = 0
-        for job in gone:
-            items = self._jobs.pop(job)
+        for job in [job for job in self._jobs if job.abandoned]:
+            del self._jobs[job]
+            items = job.items or ()
             dropped += len(items)
             self._depth -= len(items)
             self._queued_tokens -= sum(item.length for item in items)
+            job.items = deque()
         if dropped:
             self._metrics.items_dropped.inc(dropped)
             self._update_gauges()
-
-    def _cost(self, count: int, longest: int, total: int) -> int:
-        return count * longest if self.pads else total
-
-    def _head_job(self) -> tuple[Job, bool]:
-        """The job a batch is built around, and whether it is the oldest job's turn."""
-        self._batches_formed += 1
-        if self._batches_formed % OLDEST_EVERY == 0:
-            return next(iter(self._jobs)), True
-        return min(self._jobs, key=lambda job: job.dispatched_tokens), False  # ties: the oldest
-
-    def _form_batch(self) -> Batch:
-        head_job, oldest_turn = self._head_job()
-        budget = self.max_batch_tokens
-        if head_job.dispatched_tokens >= BULK_BUDGETS * budget:
-            budget = max(1, budget // 2)
-        # A batch led by a lightly served request is filled only from requests within one
-        # budget of it, so a small request never rides with a huge document's windows.
-        ceiling = head_job.dispatched_tokens + self.max_batch_tokens
-        others = sorted(
-            (job for job in self._jobs
-             if job is not head_job and (job.dispatched_tokens <= ceiling or oldest_turn)),
-            key=lambda j: j.dispatched_tokens,
-        )
-        window: list[Item] = []
-        for job in (head_job, *others):
-            window.extend(islice(self._jobs[job], self.lookahead - len(window)))
-            if len(window) >= self.lookahead:
-                break
-
-        head = window[0]
-        order = sorted(range(len(window)), key=lambda i: window[i].length)
-        lengths = [window[i].length for i in order]
-        centre = order.index(0)
-        lo = hi = centre
-        total = longest = head.length
-        # Grow around the head in sorted order, taking the neighbour closest in length.
-        while True:
-            left = order[lo - 1] if lo > 0 else None
-            right = order[hi + 1] if hi + 1 < len(order) else None
-            if left is None and right is None:
-                break
-            take_left = right is None or (
-                left is not None and head.length - lengths[lo - 1] <= lengths[hi + 1] - head.length
-            )
-            cand = window[left if take_left else right]  # type: ignore[index]
-            new_longest = max(longest, cand.length)
-            new_total = total + cand.length
-            if self._cost(hi - lo + 2, new_longest, new_total) > budget:
-                break
-            total, longest = new_total, new_longest
-            if take_left:
-                lo -= 1
-            else:
-                hi += 1
-
-        batch_items = [window[i] for i in order[lo : hi + 1]]
-        self._remove(batch_items)
-        return Batch(batch_items, total, self._cost(len(batch_items), longest, total))
-
-    def _remove(self, chosen: list[Item]) -> None:
-        """Take the chosen items out of their requests' FIFOs (they come from its front)."""
-        by_job: dict[Job, set[Item]] = {}  # Items hash by identity (eq=False)
-        for item in chosen:
-            by_job.setdefault(item.job, set()).add(item)
-            item.job.dispatched_tokens += item.length
-            self._queued_tokens -= item.length
-        self._depth -= len(chosen)
-        for job, ids in by_job.items():
-            items = self._jobs[job]
-            kept: list[Item] = []
-            while ids:
-                item = items.popleft()
-                if item in ids:
-                    ids.discard(item)
-                else:
-                    kept.append(item)
-            items.extendleft(reversed(kept))
-            if not items:
-                del self._jobs[job]
 
     def _update_gauges(self) -> None:
         self._metrics.queue_items.set(self._depth)
@@ -293,13 +365,15 @@ class Scheduler:
 
     # -- completion (called by workers) ---------------------------------------------------
     def complete(self, batch: Batch, logits: np.ndarray, started: float, ended: float) -> None:
-        """Hand a batch's logits to the event loop(s) of its requests."""
+        """Hand a batch's logits to the event loop(s) of its requests; measure the device."""
+        with self._cond:
+            self._in_flight.discard(batch)
         for item in batch.items:
             self._metrics.queue_wait.observe(started - item.enqueued)
-        if ended > started:
-            rate = len(batch.items) / (ended - started)
-            previous = self._drain_rate
-            self._drain_rate = rate if previous == 0 else 0.8 * previous + 0.2 * rate
+        self.throughput.observe(batch.real_tokens, ended - started)
+        rate = self.tokens_per_s()
+        if rate is not None:
+            self._metrics.throughput.set(rate)
         groups = _by_loop(batch.items)
         for loop, idx in groups.items():
             items = [batch.items[i] for i in idx]
@@ -308,8 +382,35 @@ class Scheduler:
 
     def fail(self, batch: Batch) -> None:
         """Fail exactly the requests whose items were in this batch."""
+        with self._cond:
+            self._in_flight.discard(batch)
         for loop, idx in _by_loop(batch.items).items():
             loop.call_soon_threadsafe(_fail, [batch.items[i] for i in idx])
+
+    def requeue(self, batch: Batch) -> None:
+        """Put a handed-out batch that never ran back at the front of its requests' queues
+        (its worker died before running it); a worker that is alive will take it."""
+        with self._cond:
+            self._in_flight.discard(batch)
+            for item in sorted(batch.items, key=lambda it: it.pos, reverse=True):
+                job = item.job
+                if job.items is None:
+                    continue
+                job.items.appendleft(item)
+                job.work += item.length
+                job.dispatched_tokens -= item.length
+                self._depth += 1
+                self._queued_tokens += item.length
+                if job not in self._jobs:
+                    self._jobs[job] = None
+            self._update_gauges()
+            self._cond.notify()
+
+    def drop(self, batch: Batch) -> None:
+        """A handed-out batch that will not run (all its requests are gone)."""
+        with self._cond:
+            self._in_flight.discard(batch)
+        self._metrics.items_dropped.inc(len(batch.items))
 
     def close(self) -> None:
         """Stop accepting work; workers drain what is queued, then get None."""

@@ -1,11 +1,18 @@
-"""One thread per device: pull a batch, run the forward pass, hand results back."""
+"""One worker per device: pull a batch, run the forward pass, hand results back.
+
+Two threads per device: the worker runs forward passes; its packer forms the next batch and
+prepares it (packing, the copy to the device) while the current one runs, so a forward pass
+never waits for host-side work when a batch is ready.
+"""
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -15,22 +22,37 @@ from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+Trace = Callable[[str, Batch], None]
+"""Called with "packed", "run" and "done" and the batch (tests watch the pipeline with it)."""
+Prepared = tuple[Batch, Any, BaseException | None]
+
 
 class Worker:
     """Runs batches on one scorer. A failing forward fails its batch; a split is tried first
-    when the device ran out of memory. If the thread itself dies, the batch in hand is failed
-    and `alive` turns False for the runtime's supervisor to notice."""
+    when the device ran out of memory. If the thread itself dies, the batches in hand are
+    failed and `alive` turns False for the runtime's supervisor to notice."""
 
-    def __init__(self, scheduler: Scheduler, scorer: Scorer, metrics: Metrics) -> None:
+    def __init__(
+        self, scheduler: Scheduler, scorer: Scorer, metrics: Metrics, trace: Trace | None = None
+    ) -> None:
         self.scheduler = scheduler
         self.scorer = scorer
         self._metrics = metrics
+        self._trace = trace
         self._inference = metrics.inference_duration.labels(device=scorer.device)
+        self._go = threading.Semaphore(0)  # released once per batch the worker wants next
+        self._ready: queue.SimpleQueue[Prepared | None] = queue.SimpleQueue()
+        self._handoff = threading.Lock()
+        self._dead = False
         self._thread = threading.Thread(
             target=self._run, name=f"reranker-worker-{scorer.device}", daemon=True
         )
+        self._packer = threading.Thread(
+            target=self._pack, name=f"reranker-pack-{scorer.device}", daemon=True
+        )
 
     def start(self) -> None:
+        self._packer.start()
         self._thread.start()
 
     def join(self, timeout: float | None = None) -> None:
@@ -40,30 +62,84 @@ class Worker:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def _prepare_next(self) -> Prepared | None:
+        """On the packer thread: the next batch (blocking until one is due) and its inputs."""
+        batch = self.scheduler.next_batch()
+        if batch is None:
+            return None
+        try:
+            prepared = self.scorer.prepare(
+                [it.ids for it in batch.items], [it.split for it in batch.items]
+            )
+        except BaseException as exc:  # the worker thread fails the batch
+            return batch, None, exc
+        if self._trace is not None:
+            self._trace("packed", batch)
+        return batch, prepared, None
+
+    def _pack(self) -> None:
+        """The packer thread: one batch prepared ahead, each time the worker asks."""
+        while True:
+            self._go.acquire()
+            ready = self._prepare_next()
+            with self._handoff:
+                if self._dead:  # this worker will not run it: another one will
+                    if ready is not None:
+                        self.scheduler.requeue(ready[0])
+                    return
+                self._ready.put(ready)
+            if ready is None:
+                return
+
     def _run(self) -> None:
         current: Batch | None = None
+        self._go.release()
         try:
-            while (batch := self.scheduler.next_batch()) is not None:
-                current = batch
-                self._process(batch)
+            while (ready := self._ready.get()) is not None:
+                current, prepared, error = ready
+                self._go.release()  # the next batch is packed while this one runs
+                if all(item.job.abandoned for item in current.items):
+                    # every request in it went away while it waited its turn: not scored
+                    self.scheduler.drop(current)
+                elif isinstance(error, Exception):
+                    self._failed(current, error)
+                elif error is not None:
+                    raise error
+                else:
+                    self._process(current, prepared)
                 current = None
         except BaseException as exc:  # the thread is going down: leave nobody waiting
             log.critical("worker on %s died: %r", self.scorer.device, exc)
             if current is not None:
                 self.scheduler.fail(current)
+            with self._handoff:
+                self._dead = True
+                while not self._ready.empty():
+                    orphan = self._ready.get()
+                    if orphan is not None:
+                        self.scheduler.requeue(orphan[0])
 
-    def _process(self, batch: Batch) -> None:
+    def _failed(self, batch: Batch, exc: Exception) -> None:
+        log.error(
+            "forward pass failed on %s (%d pairs): %r", self.scorer.device, len(batch.items), exc,
+            exc_info=exc,
+        )
+        self._metrics.failures.labels(reason="batch_error").inc()
+        self.scheduler.fail(batch)
+
+    def _process(self, batch: Batch, prepared: Any) -> None:
         started = time.perf_counter()
+        batch.started = started
+        if self._trace is not None:
+            self._trace("run", batch)
         try:
-            logits = self._score(batch.items)
-        except Exception:
-            log.exception(
-                "forward pass failed on %s (%d pairs)", self.scorer.device, len(batch.items)
-            )
-            self._metrics.failures.labels(reason="batch_error").inc()
-            self.scheduler.fail(batch)
+            logits = self._forward(batch.items, prepared)
+        except Exception as exc:
+            self._failed(batch, exc)
             return
         ended = time.perf_counter()
+        if self._trace is not None:
+            self._trace("done", batch)
         self._inference.observe(ended - started)
         self._metrics.batch_size.observe(len(batch.items))
         self._metrics.batch_requests.observe(len({id(item.job) for item in batch.items}))
@@ -71,21 +147,34 @@ class Worker:
         self._metrics.padding_efficiency.observe(batch.real_tokens / max(1, batch.cost_tokens))
         self.scheduler.complete(batch, logits, started, ended)
 
-    def _score(self, items: Sequence[Item], backed_off: bool = False) -> np.ndarray:
+    def _forward(self, items: Sequence[Item], prepared: Any) -> np.ndarray:
         try:
-            return self.scorer.score([it.ids for it in items], [it.split for it in items])
+            return self.scorer.run(prepared)
         except Exception as exc:
             if len(items) == 1 or not is_out_of_memory(exc):
                 raise
-            release_cached_memory()
-            self._metrics.out_of_memory.inc()
-            if not backed_off:  # once per batch, however deep the splitting goes
-                budget = self.scheduler.back_off()
-                log.warning(
-                    "out of memory on %s with %d pairs: splitting the batch in halves;"
-                    " token budget %d for the next 60 s", self.scorer.device, len(items), budget,
-                )
-            half = len(items) // 2
-            return np.concatenate(
-                [self._score(items[:half], True), self._score(items[half:], True)]
+            del prepared
+            return self._split(items, exc)
+
+    def _split(self, items: Sequence[Item], exc: Exception, backed_off: bool = False
+               ) -> np.ndarray:
+        """Out of memory: release cached blocks, halve the budget (once per batch, however
+        deep the splitting goes), and score the halves one after the other."""
+        if len(items) == 1 or not is_out_of_memory(exc):
+            raise exc
+        release_cached_memory()
+        self._metrics.out_of_memory.inc()
+        if not backed_off:
+            budget = self.scheduler.back_off()
+            log.warning(
+                "out of memory on %s with %d pairs: splitting the batch in halves;"
+                " token budget %d for the next 60 s", self.scorer.device, len(items), budget,
             )
+        half = len(items) // 2
+        return np.concatenate([self._score(items[:half]), self._score(items[half:])])
+
+    def _score(self, items: Sequence[Item]) -> np.ndarray:
+        try:
+            return self.scorer.score([it.ids for it in items], [it.split for it in items])
+        except Exception as exc:
+            return self._split(items, exc, backed_off=True)

@@ -10,6 +10,8 @@ import torch
 
 from app.engine.tokenize import Family
 
+TokenIds = Sequence[int] | np.ndarray
+
 
 class Scorer(Protocol):
     """What the batching layer needs from a model replica on one device."""
@@ -18,8 +20,17 @@ class Scorer(Protocol):
     pads: bool
     """True when a batch costs `len(batch) * longest` tokens (padded), False when packed."""
 
-    def score(self, ids: Sequence[Sequence[int]], splits: Sequence[int]) -> np.ndarray:
-        """float32 logits, one per pair, in input order."""
+    def prepare(self, ids: Sequence[TokenIds], splits: Sequence[int]) -> Any:
+        """Host-side work for a batch (packing, the copy to the device); a worker runs it for
+        the next batch while the current one is in its forward pass."""
+        ...
+
+    def run(self, prepared: Any) -> np.ndarray:
+        """float32 logits of a prepared batch, one per pair, in input order."""
+        ...
+
+    def score(self, ids: Sequence[TokenIds], splits: Sequence[int]) -> np.ndarray:
+        """prepare, then run."""
         ...
 
 
@@ -39,7 +50,7 @@ class TransformersScorer:
             family == "bert" and getattr(model.config, "type_vocab_size", 1) > 1
         )
 
-    def score(self, ids: Sequence[Sequence[int]], splits: Sequence[int]) -> np.ndarray:
+    def prepare(self, ids: Sequence[TokenIds], splits: Sequence[int]) -> dict[str, torch.Tensor]:
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         width = int(lengths.max())
         input_ids = np.full((len(ids), width), self._pad_id, dtype=np.int64)
@@ -55,11 +66,18 @@ class TransformersScorer:
             split_arr = np.asarray(splits, dtype=np.int64)
             types = (positions[None, :] >= split_arr[:, None]) & mask
             inputs["token_type_ids"] = torch.from_numpy(types.astype(np.int64))
+        if self._torch_device.type == "cuda":
+            inputs = {k: v.pin_memory() for k, v in inputs.items()}
+        return {k: v.to(self._torch_device, non_blocking=True) for k, v in inputs.items()}
+
+    def run(self, prepared: dict[str, torch.Tensor]) -> np.ndarray:
         with torch.inference_mode():
-            batch = {k: v.to(self._torch_device, non_blocking=True) for k, v in inputs.items()}
-            logits = self.model(**batch).logits[:, 0]
+            logits = self.model(**prepared).logits[:, 0]
             result: np.ndarray = logits.float().cpu().numpy()
         return result
+
+    def score(self, ids: Sequence[TokenIds], splits: Sequence[int]) -> np.ndarray:
+        return self.run(self.prepare(ids, splits))
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from app.engine.backends import TokenIds
 from app.engine.modeling import AttentionPath, CrossEncoder, PackedBatch, attention
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def checked_attention(device: str, dtype: torch.dtype) -> AttentionPath:
 
 
 def pack(
-    ids: Sequence[Sequence[int]],
+    ids: Sequence[TokenIds],
     splits: Sequence[int],
     *,
     position_offset: int,
@@ -66,11 +67,15 @@ def pack(
     np.cumsum(lengths, out=starts[1:])
     batch_index = np.repeat(np.arange(len(ids)), lengths)
     seq_index = np.arange(total) - starts[batch_index]
-    flat = np.fromiter((t for seq in ids for t in seq), dtype=np.int64, count=total)
+    flat = np.concatenate([np.asarray(seq, dtype=np.int64) for seq in ids])
     max_len = int(lengths.max())
+    pin = device.type == "cuda"
 
     def put(array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(array).to(device, non_blocking=True)
+        host = torch.from_numpy(array)
+        if pin:  # page-locked, so the copy is asynchronous
+            host = host.pin_memory()
+        return host.to(device, non_blocking=True)
 
     types = None
     if token_types:
@@ -105,11 +110,18 @@ class NativeScorer:
         self._offset = cfg.position_offset
         self._token_types = cfg.family == "bert" and cfg.type_vocab_size > 1
 
-    def score(self, ids: Sequence[Sequence[int]], splits: Sequence[int]) -> np.ndarray:
+    def prepare(self, ids: Sequence[TokenIds], splits: Sequence[int]) -> PackedBatch:
+        """Pack on the host and start the copy to the device (may overlap another forward)."""
         with torch.inference_mode():
-            batch = pack(
+            return pack(
                 ids, splits, position_offset=self._offset, token_types=self._token_types,
                 device=self._torch_device,
             )
+
+    def run(self, batch: PackedBatch) -> np.ndarray:
+        with torch.inference_mode():
             result: np.ndarray = self.model(batch, self.attention).cpu().numpy()
         return result
+
+    def score(self, ids: Sequence[TokenIds], splits: Sequence[int]) -> np.ndarray:
+        return self.run(self.prepare(ids, splits))

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+
 from app.engine.windows import window_budget, window_spans
 
 Family = Literal["xlm-roberta", "bert"]
@@ -18,7 +20,8 @@ class Pair:
     `split` is where the second segment starts (token type 1 from there on, for BERT).
     """
 
-    ids: list[int]
+    ids: np.ndarray
+    """int32 token ids: handed to the engine as they are (no per-token Python work)."""
     split: int
     doc: int
 
@@ -48,22 +51,29 @@ class PairEncoder:
         self.sep_id: int = tokenizer.sep_token_id
         self._backend.no_truncation()
         self._backend.no_padding()
+        self._sep = np.array([self.sep_id], dtype=np.int32)
         self._encode_batch = getattr(self._backend, "encode_batch_fast", self._backend.encode_batch)
 
-    def encode_query(self, query: str) -> list[int]:
+    def encode_query(self, query: str) -> np.ndarray:
         """The query with specials, cut to max_query_length (content truncated, specials kept)."""
         content = self._backend.encode(query, add_special_tokens=False).ids
-        return [self.cls_id, *content[: self.max_query_length - 2], self.sep_id]
+        return np.array(
+            [self.cls_id, *content[: self.max_query_length - 2], self.sep_id], dtype=np.int32
+        )
 
-    def encode_documents(self, documents: Sequence[str]) -> list[list[int]]:
+    def encode_documents(self, documents: Sequence[str]) -> list[np.ndarray]:
         if not documents:
             return []
-        return [e.ids for e in self._encode_batch(list(documents), add_special_tokens=False)]
+        encodings = self._encode_batch(list(documents), add_special_tokens=False)
+        return [np.array(e.ids, dtype=np.int32) for e in encodings]
 
-    def pair_ids(self, query_ids: list[int], window: list[int]) -> list[int]:
-        if self.family == "bert":
-            return [*query_ids, *window, self.sep_id]
-        return [*query_ids, self.sep_id, *window, self.sep_id]
+    def pair_ids(self, query_ids: Sequence[int] | np.ndarray,
+                 window: Sequence[int] | np.ndarray) -> np.ndarray:
+        """`<s> q </s></s> window </s>` (XLM-R) or `[CLS] q [SEP] window [SEP]` (BERT)."""
+        sep = self._sep
+        parts = (query_ids, sep, window, sep) if self.family == "xlm-roberta" else (
+            query_ids, window, sep)
+        return np.concatenate([np.asarray(p, dtype=np.int32) for p in parts])
 
     def encode(
         self,

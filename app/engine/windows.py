@@ -31,3 +31,23 @@ def window_spans(doc_len: int, budget: int, overlap: int = MAX_OVERLAP) -> list[
             return spans
         spans.append((start, end))
         start += step
+
+
+def window_count(doc_len: int, budget: int, overlap: int = MAX_OVERLAP) -> int:
+    """len(window_spans(doc_len, budget, overlap)), in constant time."""
+    if doc_len <= budget:
+        return 1
+    step = budget - min(overlap, budget // 4)
+    return -(-(doc_len - budget) // step) + 1
+
+
+def scored_tokens(
+    doc_len: int, query_len: int, max_length: int, max_windows: int | None = None
+) -> int:
+    """Tokens fed to the model for one document of `doc_len` tokens: each window with the query
+    and separators (at most two: XLM-R's layout; BERT's uses one)."""
+    budget = window_budget(max_length, query_len)
+    windows = window_count(doc_len, budget)
+    if max_windows is not None:
+        windows = min(windows, max_windows)
+    return windows * (query_len + 2 + min(doc_len, budget))

@@ -49,7 +49,10 @@ def test_out_of_memory_splits_the_batch_and_backs_off(
 def test_a_hung_forward_answers_504_at_the_deadline_and_drops_queued_work(
     server_factory: ServerFactory, xlmr_dir: str
 ) -> None:
-    loader, made = wrapping_loader(lambda s: WrappedScorer(s, delay_s=2.0))
+    # no delay during the warm-up, so the throughput it measures is the healthy one
+    loader, made = wrapping_loader(
+        lambda s: WrappedScorer(s, delay_s=2.0, delay_if=lambda ids: False)
+    )
     server = server_factory(xlmr_dir, loader=loader, max_wait_ms=0, max_batch_tokens=48)
     hang_marker = server.runtime.loaded_model.encoder.encode_query("Saturn")[1]
     made[0].delay_if = _contains(hang_marker)
@@ -71,6 +74,7 @@ def test_a_hung_forward_answers_504_at_the_deadline_and_drops_queued_work(
     assert len(zebra_batches) == 1, "queued items of the timed-out request were scored"
     assert server.metric("reranker_items_dropped_total") > dropped_before
     assert server.metric("reranker_failures_total", {"reason": "deadline_exceeded"}) == 1
+    assert server.metric("reranker_deadline_misses_total") == 1  # admitted, then too late
 
 
 def test_bad_timeout_header_is_422(server_factory: ServerFactory, xlmr_dir: str) -> None:

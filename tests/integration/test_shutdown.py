@@ -37,7 +37,8 @@ def _metric(url: str, name: str) -> float:
 
 async def test_sigterm_drains_in_flight_requests_and_exits_0(xlmr_dir: str) -> None:
     proc, url = spawn_server("--model", xlmr_dir, "--device", "cpu", "--dtype", "float32",
-                             "--max-batch-tokens", "2048", "--shutdown-grace", "60")
+                             "--max-batch-tokens", "2048", "--shutdown-grace", "60",
+                             "--max-queue-time", "600")  # all of them admitted
     try:
         n = 12
         docs = [f"Mars is the red planet number {j} " * 12 for j in range(150)]
@@ -48,7 +49,9 @@ async def test_sigterm_drains_in_flight_requests_and_exits_0(xlmr_dir: str) -> N
                 )
                 for i in range(n)
             ]
+            give_up = time.monotonic() + 60
             while _metric(url, "reranker_in_flight_requests") < n:  # all accepted
+                assert time.monotonic() < give_up and not any(p.done() for p in pending)
                 await asyncio.sleep(0.02)
             t_signal = time.monotonic()
             proc.send_signal(signal.SIGTERM)

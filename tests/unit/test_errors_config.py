@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from pydantic import ValidationError
 
@@ -31,7 +33,8 @@ def test_error_parts(exc: errors.RerankError, status: int) -> None:
     assert got_status == status
     assert body == {"detail": exc.detail}
     if exc.retry_after_s is not None:
-        assert int(headers["retry-after"]) >= 1
+        assert int(headers["retry-after"]) >= max(1, exc.retry_after_s)
+        assert int(headers["retry-after-ms"]) == math.ceil(exc.retry_after_s * 1000)
     if status == 401:
         assert headers["www-authenticate"] == "Bearer"
 

@@ -1,0 +1,78 @@
+"""Admission by predicted completion, as pure arithmetic over plain data.
+
+A request is admitted only if, served by the policy (shortest remaining work first), it would
+start within the queue-time limit and finish before its deadline, without making any request
+admitted before it miss its own. Otherwise it is refused at once with the predicted time until
+it would fit (429 + Retry-After), or, when it cannot finish in time even on an idle server,
+as too large (413). Predictions divide tokens by the device's measured tokens per second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from app.batching.policy import GUARD_EVERY
+
+Verdict = Literal["admit", "queue_time", "deadline", "too_large"]
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A request already admitted: its tokens not yet scored and its absolute deadline."""
+
+    remaining: int
+    deadline: float
+    arrival: int
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    verdict: Verdict
+    wait_s: float
+    """Predicted time until the request's own work starts."""
+    finish_s: float
+    """Predicted time until its last window is scored."""
+    retry_after_s: float
+    """For a refusal: predicted time until it would fit (0 when admitted)."""
+
+
+def forecast(
+    admitted: Sequence[Admitted],
+    *,
+    tokens: int,
+    now: float,
+    deadline: float,
+    in_flight_s: float,
+    tokens_per_s: float,
+    max_queue_time_s: float,
+) -> Forecast:
+    """Whether a request of `tokens` can be admitted at `now`, and when it would finish.
+
+    Work ahead of it: what is already in forward passes (`in_flight_s`) plus every admitted
+    request with no more remaining work than it (ties go to the older one). While a request
+    older than it waits behind it, the starvation guard may hand that one up to
+    1/GUARD_EVERY of the device, so its own progress is predicted at the rest.
+    """
+    own = tokens / tokens_per_s
+    if own > deadline - now:
+        return Forecast("too_large", 0.0, own, 0.0)
+    ahead = [a for a in admitted if a.remaining <= tokens]
+    behind = sorted((a for a in admitted if a.remaining > tokens),
+                    key=lambda a: (a.remaining, a.arrival))
+    slowdown = GUARD_EVERY / (GUARD_EVERY - 1) if behind else 1.0
+    wait = (in_flight_s + sum(a.remaining for a in ahead) / tokens_per_s) * slowdown
+    finish = wait + own * slowdown
+    if wait > max_queue_time_s:
+        return Forecast("queue_time", wait, finish, wait - max_queue_time_s)
+    if now + finish > deadline:
+        return Forecast("deadline", wait, finish, now + finish - deadline)
+    # Those behind it are each delayed by its own work: none may be pushed past its deadline
+    # (one already predicted to miss it is not held against newcomers).
+    done = in_flight_s + sum(a.remaining for a in ahead) / tokens_per_s
+    for a in behind:
+        done += a.remaining / tokens_per_s
+        if now + done <= a.deadline < now + done + own:
+            return Forecast("deadline", wait, finish, done)
+    return Forecast("admit", wait, finish, 0.0)

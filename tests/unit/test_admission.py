@@ -1,0 +1,139 @@
+"""Admission arithmetic with an injected clock and throughput: who is admitted, who is refused,
+and the Retry-After it is told."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from app.batching.admission import Admitted, forecast
+from app.batching.policy import GUARD_EVERY
+from app.batching.scheduler import Scheduler
+from app.errors import QueueFull, RequestTooLarge
+from app.metrics import Metrics
+
+RATE = 1000.0  # tokens per second
+
+
+def predict(admitted: list[Admitted], tokens: int, *, deadline: float = 60.0,
+            in_flight_s: float = 0.0, max_queue_time_s: float = 1.0):  # type: ignore[no-untyped-def]
+    return forecast(admitted, tokens=tokens, now=0.0, deadline=deadline,
+                    in_flight_s=in_flight_s, tokens_per_s=RATE, max_queue_time_s=max_queue_time_s)
+
+
+def test_an_idle_server_admits_and_predicts_the_requests_own_time() -> None:
+    f = predict([], 2500)
+    assert (f.verdict, f.wait_s, f.finish_s) == ("admit", 0.0, 2.5)
+
+
+def test_a_request_that_cannot_finish_even_alone_is_too_large() -> None:
+    assert predict([], 61_000).verdict == "too_large"
+    assert predict([], 5_000, deadline=4.0).verdict == "too_large"
+
+
+def test_work_ahead_past_the_queue_time_limit_is_refused_with_the_time_until_it_fits() -> None:
+    ahead = [Admitted(1500, 60.0, 1), Admitted(1500, 60.0, 2)]  # 3 s of work ahead
+    f = predict(ahead, 2000, in_flight_s=0.5)
+    assert f.verdict == "queue_time"
+    assert f.wait_s == pytest.approx(3.5)
+    assert f.retry_after_s == pytest.approx(2.5)  # 3.5 s of wait, less the 1 s allowed
+    assert predict(ahead, 2000, max_queue_time_s=3.0).verdict == "admit"
+
+
+def test_only_requests_with_less_remaining_work_count_as_ahead() -> None:
+    # a newer, smaller request overtakes a big one: only what is in flight is ahead of it,
+    # and the guard may give the older one 1/GUARD_EVERY of the device meanwhile
+    f = predict([Admitted(50_000, 600.0, 1)], 100, in_flight_s=0.4)
+    assert f.verdict == "admit"
+    slowdown = GUARD_EVERY / (GUARD_EVERY - 1)
+    assert f.wait_s == pytest.approx(0.4 * slowdown)
+    assert f.finish_s == pytest.approx(0.5 * slowdown)
+
+
+def test_finishing_after_the_deadline_is_refused() -> None:
+    f = predict([Admitted(900, 60.0, 1)], 5000, deadline=5.5, max_queue_time_s=10.0)
+    assert f.verdict == "deadline"
+    assert f.finish_s == pytest.approx(5.9)
+    assert f.retry_after_s == pytest.approx(0.4)
+
+
+def test_no_admitted_request_is_pushed_past_its_deadline() -> None:
+    big = Admitted(10_000, 10.5, 1)  # finishes at 10 s alone: 0.5 s of slack
+    assert predict([big], 400, max_queue_time_s=10.0).verdict == "admit"
+    f = predict([big], 600, max_queue_time_s=10.0)
+    assert f.verdict == "deadline"
+    assert f.retry_after_s == pytest.approx(10.0)  # once the big one is done
+    # one already predicted to miss its deadline does not block newcomers
+    late = Admitted(10_000, 9.0, 1)
+    assert predict([late], 600, max_queue_time_s=10.0).verdict == "admit"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def scheduler(clock: Clock, metrics: Metrics, max_queue_time_s: float = 1.0) -> Scheduler:
+    s = Scheduler(max_batch_tokens=1000, max_wait_s=0.0, max_queue=10_000, pads=False,
+                  metrics=metrics, max_queue_time_s=max_queue_time_s, clock=clock)
+    s.throughput.observe(int(RATE), 1.0)  # as the warm-up seeds it
+    return s
+
+
+async def test_the_scheduler_refuses_at_once_and_keeps_no_trace() -> None:
+    clock, metrics = Clock(), Metrics()
+    s = scheduler(clock, metrics)
+    first = s.admit(3000, timeout_s=60)  # 3 s of work, nothing ahead
+    s.enqueue(first, [([1] * 1000, 1)] * 3)
+    with pytest.raises(QueueFull) as refused:
+        s.admit(3000, timeout_s=60)
+    assert refused.value.retry_after_s == pytest.approx(2.0)
+    assert "queue-time limit" in refused.value.detail
+    assert metrics.requests_shed.labels(reason="queue_time")._value.get() == 1
+    with pytest.raises(RequestTooLarge, match="tokens/s"):
+        s.admit(120_000, timeout_s=60)
+    assert metrics.requests_shed.labels(reason="too_large")._value.get() == 1
+    # a smaller request than the one waiting goes ahead of it: admitted
+    s.admit(500, timeout_s=60)
+    assert s.depth == 3
+
+
+async def test_in_flight_work_counts_down_with_the_clock() -> None:
+    clock, metrics = Clock(), Metrics()
+    s = scheduler(clock, metrics)
+    s.submit([([1] * 1000, 1)] * 2)
+    batch = await asyncio.to_thread(s.next_batch)
+    assert batch is not None
+    batch.started = clock.now  # 1000 tokens: 1 s in a forward pass; 1 s more queued
+    with pytest.raises(QueueFull):
+        s.admit(1500, timeout_s=60)
+    clock.now += 0.6  # 0.4 s of the batch left + 1 s queued: still over the 1 s limit
+    with pytest.raises(QueueFull) as refused:
+        s.admit(1500, timeout_s=60)
+    assert refused.value.retry_after_s == pytest.approx(0.4)
+    clock.now += 0.5
+    s.admit(1500, timeout_s=60)
+
+
+async def test_a_released_reservation_no_longer_counts() -> None:
+    clock, metrics = Clock(), Metrics()
+    s = scheduler(clock, metrics)
+    held = s.admit(2000, timeout_s=60)  # admitted, still being tokenized
+    with pytest.raises(QueueFull):
+        s.admit(2500, timeout_s=60)
+    s.release(held)  # its tokenization failed, or the client left
+    s.admit(2500, timeout_s=60)
+
+
+async def test_the_real_token_count_replaces_the_estimate() -> None:
+    clock, metrics = Clock(), Metrics()
+    s = scheduler(clock, metrics, max_queue_time_s=math.inf)
+    job = s.admit(500, timeout_s=60)  # estimated from characters
+    with pytest.raises(RequestTooLarge, match="about 70000 tokens"):
+        s.enqueue(job, [([1] * 1000, 1)] * 70, timeout_s=60)  # 70 s of work: never fits
+    assert s.depth == 0
