@@ -1,6 +1,10 @@
 """Load generation over HTTP (asyncio + httpx): closed loop (N clients for T seconds, or over a
 fixed set of requests) and open loop (Poisson arrivals at R requests/s, bounded count), with
-throughput, latency percentiles and errors by status."""
+throughput, latency percentiles and errors by status.
+
+With `retry=True` a client honours 429 as a well-behaved one does: it waits as told
+(`retry-after-ms` when sent, else `Retry-After`) and sends the same request again; its latency
+counts from the first send, and each refusal is counted in `Stats.refusals`."""
 
 from __future__ import annotations
 
@@ -31,6 +35,10 @@ class Stats:
     tokens: int = 0
     started: float = 0.0
     ended: float = 0.0
+    refusals: int = 0
+    """429 answers that a retrying client waited out (not in `statuses`)."""
+    refusal_latencies: list[float] = field(default_factory=list)
+    """How long each 429 took to come back."""
 
     def record(self, status: str, latency: float, req: Request) -> None:
         self.statuses[status] += 1
@@ -59,22 +67,44 @@ class Stats:
             "p99_ms": 1000 * self.percentile(0.99),
             "max_ms": 1000 * max(self.latencies, default=float("nan")),
             "errors": sum(v for k, v in self.statuses.items() if k != "200"),
+            "refusals": self.refusals,
         }
 
 
-async def _send(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> tuple[str, float]:
+def retry_delay(response: httpx.Response) -> float:
+    """Seconds a 429 asks the client to wait."""
+    ms = response.headers.get("retry-after-ms")
+    if ms is not None:
+        return float(ms) / 1000
+    return float(response.headers.get("retry-after", "1"))
+
+
+async def _send(client: httpx.AsyncClient, path: str, body: dict[str, Any],
+                stats: Stats | None = None, retry: bool = False,
+                give_up_s: float = 3600.0) -> tuple[str, float]:
+    """(final status, seconds from the first send). With `retry`, 429s are waited out and
+    counted in `stats.refusals`, until `give_up_s` has passed."""
     t0 = time.perf_counter()
-    try:
-        r = await client.post(path, json=body)
-        status = str(r.status_code)
-    except httpx.HTTPError as exc:
-        status = type(exc).__name__
-    return status, time.perf_counter() - t0
+    while True:
+        sent = time.perf_counter()
+        try:
+            r = await client.post(path, json=body)
+            status = str(r.status_code)
+        except httpx.HTTPError as exc:
+            return type(exc).__name__, time.perf_counter() - t0
+        if status != "429" or not retry or stats is None:
+            return status, time.perf_counter() - t0
+        stats.refusals += 1
+        stats.refusal_latencies.append(time.perf_counter() - sent)
+        delay = retry_delay(r)
+        if time.perf_counter() + delay - t0 > give_up_s:
+            return status, time.perf_counter() - t0
+        await asyncio.sleep(delay)
 
 
 async def closed_loop(
     url: str, path: str, requests: list[Request], *, concurrency: int, seconds: float,
-    warmup_s: float = 2.0, body: Body = jina_body, timeout: float = 120.0,
+    warmup_s: float = 2.0, body: Body = jina_body, timeout: float = 120.0, retry: bool = False,
 ) -> Stats:
     """`concurrency` clients send back to back for `warmup_s + seconds`. Counted: requests sent
     after the warm-up that were answered before the end, over exactly `seconds`; requests still
@@ -89,7 +119,7 @@ async def closed_loop(
             i = worker
             while (sent := time.perf_counter()) < stats.ended:
                 req = requests[i % len(requests)]
-                status, latency = await _send(client, path, body(req))
+                status, latency = await _send(client, path, body(req), stats, retry)
                 if sent >= stats.started and sent + latency <= stats.ended:
                     stats.record(status, latency, req)
                 i += concurrency
@@ -100,7 +130,7 @@ async def closed_loop(
 
 async def fixed_work(
     url: str, path: str, requests: list[Request], *, concurrency: int, body: Body = jina_body,
-    timeout: float = 3600.0,
+    timeout: float = 3600.0, retry: bool = False,
 ) -> Stats:
     """Every request of `requests` once, `concurrency` clients taking the next one as they
     finish; timed from the first send to the last answer. The same work for every server (and
@@ -114,7 +144,7 @@ async def fixed_work(
         async def client_loop() -> None:
             while queue:
                 req = queue.pop()
-                status, latency = await _send(client, path, body(req))
+                status, latency = await _send(client, path, body(req), stats, retry)
                 stats.record(status, latency, req)
 
         stats.started = time.perf_counter()
@@ -125,7 +155,7 @@ async def fixed_work(
 
 async def open_loop(
     url: str, path: str, requests: list[Request], *, rate: float, count: int, seed: int = 0,
-    body: Body = jina_body, timeout: float = 120.0,
+    body: Body = jina_body, timeout: float = 120.0, retry: bool = False,
 ) -> Stats:
     """`count` requests with Poisson arrivals at `rate`/s, each sent when it is due."""
     stats = Stats()
@@ -139,7 +169,7 @@ async def open_loop(
             due += rng.expovariate(rate)
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
             req = requests[i % len(requests)]
-            tasks.append(asyncio.ensure_future(_send(client, path, body(req))))
+            tasks.append(asyncio.ensure_future(_send(client, path, body(req), stats, retry)))
         for req, (status, latency) in zip(
             (requests[i % len(requests)] for i in range(count)), await asyncio.gather(*tasks),
             strict=True,

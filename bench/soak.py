@@ -1,12 +1,14 @@
 """Soak: a steady closed-loop load for a while, reporting throughput, errors and RSS growth.
 
-    .venv/bin/python -m bench.soak --model ./models/tiny --minutes 10 --concurrency 8
+    .venv/bin/python -m bench.soak --model ./models/tiny --minutes 30 --concurrency 8
     .venv/bin/python -m bench.soak --url http://127.0.0.1:8080 --pid 1234 --minutes 60
 
-With --model it starts `reranker serve` itself (CPU, float32) on a free port and stops it at
-the end. Every --interval seconds it prints requests/s, p50/p99 latency, errors by status and
-the server's resident memory; the last line compares the RSS after warm-up with the end.
-Not part of CI.
+With --model it starts `reranker serve` itself (CPU, default settings) on a free port and stops
+it at the end. The mix: 1 query and 5-40 documents of 20-400 words (2% of them 1000-3000), and
+every 25th request carries one document of about 50,000 tokens. Clients honour 429 +
+Retry-After. Every --interval seconds it prints requests/s, p50/p99 latency, answers by
+status, 429s waited out and the server's resident memory; the last lines compare the RSS after
+warm-up with the end, and over the last third of the run (the steady state). Not part of CI.
 """
 
 from __future__ import annotations
@@ -19,7 +21,21 @@ from pathlib import Path
 
 from bench.loadgen import closed_loop
 from bench.servers import ours
-from bench.workload import make_requests
+from bench.workload import Request, make_requests
+
+BIG_EVERY = 25
+BIG_WORDS = 40_000
+"""About 50,000 tokens with the generated models' tokenizer."""
+
+
+def soak_requests() -> list[Request]:
+    """Mostly RAG-sized requests; every BIG_EVERY-th has a ~50,000-token document."""
+    requests = make_requests(200, seed=3, docs=(5, 40), long_tail=0.02)
+    big_doc = " ".join(requests[0].documents[0].split() * (BIG_WORDS // 20 + 1))
+    big_doc = " ".join(big_doc.split()[:BIG_WORDS])
+    for i in range(0, len(requests), BIG_EVERY):
+        requests[i] = Request(requests[i].query, [*requests[i].documents[:4], big_doc])
+    return requests
 
 
 def rss_mb(pid: int) -> float:
@@ -45,7 +61,7 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         if args.model:
             server = stack.enter_context(
-                ours(args.model, "--device", "cpu", "--dtype", "float32", timeout=120)
+                ours(args.model, "--device", "cpu", timeout=120)
             )
             soak(args, server.url, server.pid)
         else:
@@ -53,27 +69,34 @@ def main() -> None:
 
 
 def soak(args: argparse.Namespace, url: str, pid: int | None) -> None:
-    requests = make_requests(200, seed=3, docs=(5, 40), long_tail=0.02)
+    requests = soak_requests()
     end = time.monotonic() + 60 * args.minutes
-    first_rss = None
-    totals = {"requests": 0, "errors": 0}
-    print("  t(s)  req/s  p50 ms  p99 ms  errors  RSS MB")
+    samples: list[tuple[float, float]] = []
+    totals = {"requests": 0, "errors": 0, "refusals": 0}
+    print("  t(s)  req/s  p50 ms  p99 ms  non-200  429s  RSS MB")
     t0 = time.monotonic()
     while time.monotonic() < end:
         seconds = min(args.interval, end - time.monotonic())
         stats = asyncio.run(closed_loop(url, "/v1/rerank", requests,
                                         concurrency=args.concurrency, seconds=seconds,
-                                        warmup_s=0.0))
+                                        warmup_s=0.0, retry=True))
         s = stats.summary()
         rss = rss_mb(pid) if pid else float("nan")
-        first_rss = first_rss or rss
+        samples.append((time.monotonic() - t0, rss))
         totals["requests"] += len(stats.latencies)
         totals["errors"] += int(s["errors"])
+        totals["refusals"] += stats.refusals
         bad = {k: v for k, v in stats.statuses.items() if k != "200"}
-        print(f"{time.monotonic() - t0:6.0f} {s['requests_per_s']:6.1f} {s['p50_ms']:7.0f}"
-              f" {s['p99_ms']:7.0f} {bad or 0!s:>7} {rss:7.0f}", flush=True)
-    print(f"total: {totals['requests']} requests answered 200, {totals['errors']} errors;"
-          f" RSS {first_rss:.0f} -> {rss:.0f} MB ({rss - (first_rss or 0):+.0f} MB)")
+        print(f"{samples[-1][0]:6.0f} {s['requests_per_s']:6.1f} {s['p50_ms']:7.0f}"
+              f" {s['p99_ms']:7.0f} {bad or 0!s:>8} {stats.refusals:5d} {rss:7.0f}", flush=True)
+    first, last = samples[0][1], samples[-1][1]
+    total_s = samples[-1][0]
+    steady = next(rss for t, rss in samples if t >= total_s * 2 / 3)
+    print(f"total: {totals['requests']} requests answered 200, {totals['errors']} errors,"
+          f" {totals['refusals']} 429s waited out; RSS {first:.0f} -> {last:.0f} MB"
+          f" ({last - first:+.0f} MB)")
+    print(f"last third of the run ({total_s / 3 / 60:.0f} min): RSS {steady:.0f} -> {last:.0f} MB,"
+          f" {100 * (last - steady) / steady:+.2f}% (target < 2%)")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,10 @@ from app.engine.backends import TokenIds
 from app.errors import InferenceFailed, QueueFull, RequestTooLarge
 from app.metrics import Metrics
 
+ESTIMATE_MARGIN = 2.0
+"""A request is refused as too large before tokenizing only when its estimated compute is
+this many times its deadline; nearer the line, its real token count decides."""
+
 
 @dataclass(eq=False)
 class Job:
@@ -136,11 +140,19 @@ class Scheduler:
             admitted = [Admitted(j.work, j.deadline, j.arrival) for j in self._jobs]
             in_flight = list(self._in_flight)
         if rate is not None:
+            in_flight_s = self._in_flight_s(in_flight, now)
             guess = forecast(
-                admitted, tokens=tokens, now=now, deadline=deadline,
-                in_flight_s=self._in_flight_s(in_flight, now), tokens_per_s=rate,
-                max_queue_time_s=self.max_queue_time_s,
+                admitted, tokens=tokens, now=now, deadline=deadline, in_flight_s=in_flight_s,
+                tokens_per_s=rate, max_queue_time_s=self.max_queue_time_s,
             )
+            if guess.verdict == "too_large" and tokens / rate <= ESTIMATE_MARGIN * timeout_s:
+                # `tokens` is an estimate from characters: 413 is final, so only the real
+                # count (in `enqueue`) decides it unless the estimate is far past the deadline
+                guess = forecast(
+                    admitted, tokens=tokens, now=now, deadline=math.inf,
+                    in_flight_s=in_flight_s, tokens_per_s=rate,
+                    max_queue_time_s=self.max_queue_time_s,
+                )
             if guess.verdict != "admit":
                 self._metrics.requests_shed.labels(reason=guess.verdict).inc()
                 self._refuse(guess.verdict, tokens, timeout_s, rate, guess.wait_s,

@@ -81,3 +81,18 @@ def test_allocator_benchmark_runs_each_side_on_its_allocator(xlmr_dir: str) -> N
     out = _run("bench.allocator", "--model-dir", xlmr_dir, "--pairs", "4", "--rounds", "1",
                "--dtype", "float32")
     assert "| glibc |" in out and "| tcmalloc |" in out and "tcmalloc / glibc" in out
+
+
+def test_burst_benchmark_counts_every_answer(xlmr_dir: str) -> None:
+    out = _run("bench.burst", "--model-dir", xlmr_dir, "--factor", "10", "--seconds", "1",
+               "--capacity-seconds", "1", "--after-seconds", "1")
+    assert "capacity" in out and "429 latency p50" in out and "completed during the burst" in out
+    burst_line = next(line for line in out.splitlines() if line.startswith("burst:"))
+    assert "'429'" in burst_line, burst_line  # 10x capacity is shed, not queued
+    assert "429 without Retry-After: 0" in burst_line
+
+
+def test_soak_reports_memory_over_the_last_third(xlmr_dir: str) -> None:
+    out = _run("bench.soak", "--model", xlmr_dir, "--minutes", "0.1", "--interval", "2",
+               "--concurrency", "2")
+    assert "last third of the run" in out and "requests answered 200" in out

@@ -96,7 +96,7 @@ async def test_the_scheduler_refuses_at_once_and_keeps_no_trace() -> None:
     assert "queue-time limit" in refused.value.detail
     assert metrics.requests_shed.labels(reason="queue_time")._value.get() == 1
     with pytest.raises(RequestTooLarge, match="tokens/s"):
-        s.admit(120_000, timeout_s=60)
+        s.admit(150_000, timeout_s=60)  # 2.5x its deadline, even as an estimate
     assert metrics.requests_shed.labels(reason="too_large")._value.get() == 1
     # a smaller request than the one waiting goes ahead of it: admitted
     s.admit(500, timeout_s=60)
@@ -137,3 +137,14 @@ async def test_the_real_token_count_replaces_the_estimate() -> None:
     with pytest.raises(RequestTooLarge, match="about 70000 tokens"):
         s.enqueue(job, [([1] * 1000, 1)] * 70, timeout_s=60)  # 70 s of work: never fits
     assert s.depth == 0
+
+
+async def test_only_the_real_token_count_decides_413_near_the_line() -> None:
+    clock, metrics = Clock(), Metrics()
+    s = scheduler(clock, metrics, max_queue_time_s=math.inf)
+    # estimated at 1.5x its 10 s deadline: the estimate may be off, so it is tokenized first
+    job = s.admit(15_000, timeout_s=10)
+    s.enqueue(job, [([1] * 1000, 1)] * 8, timeout_s=10)  # really 8 s of work: served
+    assert s.depth == 8
+    with pytest.raises(RequestTooLarge):  # estimated at 3x its deadline: refused at once
+        s.admit(30_000, timeout_s=10)
