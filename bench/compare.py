@@ -182,7 +182,7 @@ async def _fairness_probe(url: str, small: list[Request], big: Request | None) -
     return latencies
 
 
-def fairness(tiny_model: str) -> tuple[float, float, int, int]:
+def fairness(tiny_model: str, flags: tuple[str, ...] = ()) -> tuple[float, float, int, int]:
     """p99 of small requests without and with a 500,000-token document in flight."""
     from transformers import AutoTokenizer
 
@@ -195,6 +195,7 @@ def fairness(tiny_model: str) -> tuple[float, float, int, int]:
     tokens = copies * per_chunk
     big = Request("which planet is red", [" " + " ".join([chunk] * copies)])
     with ours(tiny_model, "--device", "cpu", "--dtype", "bfloat16", "--request-timeout", "600",
+              *flags,
               "--max-queue", "200000") as server:
         alone = asyncio.run(_fairness_probe(server.url, small[:40], None))
         shared = asyncio.run(_fairness_probe(server.url, small, big))
@@ -221,6 +222,8 @@ def main() -> None:
     parser.add_argument("--only-fairness", action="store_true",
                         help="run the fairness probe alone (about a minute a run)")
     parser.add_argument("--fairness-runs", type=int, default=1)
+    parser.add_argument("--fairness-batch-tokens", type=int, default=None,
+                        help="--max-batch-tokens of the fairness server (default: its default)")
     parser.add_argument("--docs", type=int, nargs=2, default=(10, 100), metavar=("MIN", "MAX"),
                         help="documents per request (default: the RAG mix, 10-100)")
     parser.add_argument("--requests", type=int, default=16,
@@ -231,8 +234,11 @@ def main() -> None:
     # The engine bound runs in this process: give it the allocator the server gets.
     ensure_allocator("auto", ["-m", "bench.compare", *sys.argv[1:]])
     t_start = time.monotonic()
+    fairness_flags: tuple[str, ...] = ()
+    if args.fairness_batch_tokens:
+        fairness_flags = ("--max-batch-tokens", str(args.fairness_batch_tokens))
     if args.only_fairness:
-        report_fairness(args.fairness_runs)
+        report_fairness(args.fairness_runs, fairness_flags)
         return
     docs = tuple(args.docs)
 
@@ -334,24 +340,25 @@ def main() -> None:
         print(f"open-loop p99, ours / infinity: {opened['ours'].summary()['p99_ms']:.0f} /"
               f" {opened['infinity'].summary()['p99_ms']:.0f} ms (target: ours lower)")
     if not args.skip_fairness:
-        report_fairness(args.fairness_runs)
+        report_fairness(args.fairness_runs, fairness_flags)
     print(f"total {time.monotonic() - t_start:.0f} s")
 
 
-def report_fairness(runs: int = 1) -> None:
+def report_fairness(runs: int = 1, flags: tuple[str, ...] = ()) -> None:
     ratios = []
     with tempfile.TemporaryDirectory() as tmp:
         from app.testmodel import write_test_model
 
         tiny = str(write_test_model(Path(tmp) / "tiny", max_length=512, hidden=64))
         for run in range(runs):
-            alone, shared, tokens, overlapped = fairness(tiny)
+            alone, shared, tokens, overlapped = fairness(tiny, flags)
             ratios.append(shared / alone)
             print(f"fairness run {run + 1}: small-request p99 {alone * 1000:.0f} ms alone (40"
                   f" requests), {shared * 1000:.0f} ms while a {tokens}-token document was"
                   f" tokenized and scored ({overlapped} requests): {shared / alone:.2f}x"
                   " (target <= 3x); the big request completed", flush=True)
-    print(f"fairness: {sum(r <= 3 for r in ratios)} of {runs} runs within 3x"
+    print(f"fairness{' (' + ' '.join(flags) + ')' if flags else ''}:"
+          f" {sum(r <= 3 for r in ratios)} of {runs} runs within 3x"
           f" ({min(ratios):.2f}-{max(ratios):.2f}x)")
 
 

@@ -79,6 +79,10 @@ class Batch:
     cost_tokens: int
     started: float | None = None
     """When its forward pass began (set by the worker); None while it is being prepared."""
+    lead_work: int = 0
+    """Remaining tokens of the request that led it, when it was formed."""
+    newest: int = 0
+    """The newest admission it was formed with: a request admitted later may overtake it."""
 
 
 class Scheduler:
@@ -262,6 +266,10 @@ class Scheduler:
                                                            self.pads)]
             with self._cond:
                 batch = self._take(chosen, oldest=min(ready, key=lambda job: job.arrival))
+                if not guard_turn:  # the guard's batches are not given up for newcomers
+                    batch.lead_work = line[0].work + sum(
+                        item.length for item in chosen if item.job is line[0])
+                batch.newest = self._arrivals
                 if self._jobs:
                     self._cond.notify()
             return batch
@@ -399,20 +407,36 @@ class Scheduler:
         for loop, idx in _by_loop(batch.items).items():
             loop.call_soon_threadsafe(_fail, [batch.items[i] for i in idx])
 
+    def overtaken(self, batch: Batch) -> bool:
+        """Whether a request admitted after `batch` was formed has less remaining work than
+        the request that led it: then the policy would now pick another batch."""
+        with self._cond:
+            for job in reversed(self._jobs):
+                if job.arrival <= batch.newest:
+                    return False
+                if job.items and job.work < batch.lead_work:
+                    return True
+            return False
+
     def requeue(self, batch: Batch) -> None:
         """Put a handed-out batch that never ran back at the front of its requests' queues
         (its worker died before running it); a worker that is alive will take it."""
+        by_job: dict[Job, list[Item]] = {}
+        for item in batch.items:
+            by_job.setdefault(item.job, []).append(item)
         with self._cond:
             self._in_flight.discard(batch)
-            for item in sorted(batch.items, key=lambda it: it.pos, reverse=True):
-                job = item.job
+            for job, returned in by_job.items():
                 if job.items is None:
                     continue
-                job.items.appendleft(item)
-                job.work += item.length
-                job.dispatched_tokens -= item.length
-                self._depth += 1
-                self._queued_tokens += item.length
+                returned.sort(key=lambda it: it.pos)
+                # a new deque, not appendleft: a planner may be reading the old one unlocked
+                job.items = deque([*returned, *job.items])
+                tokens = sum(item.length for item in returned)
+                job.work += tokens
+                job.dispatched_tokens -= tokens
+                self._depth += len(returned)
+                self._queued_tokens += tokens
                 if job not in self._jobs:
                     self._jobs[job] = None
             self._update_gauges()

@@ -98,6 +98,11 @@ class Worker:
             while (ready := self._ready.get()) is not None:
                 current, prepared, error = ready
                 self._go.release()  # the next batch is packed while this one runs
+                if error is None and self.scheduler.overtaken(current):
+                    # prepared before a smaller request arrived: that one goes first
+                    self.scheduler.requeue(current)
+                    current = None
+                    continue
                 if all(item.job.abandoned for item in current.items):
                     # every request in it went away while it waited its turn: not scored
                     self.scheduler.drop(current)

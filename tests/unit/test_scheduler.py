@@ -231,3 +231,17 @@ async def test_the_lock_is_not_held_while_a_batch_is_planned() -> None:
         assert (await forming) is not None
     finally:
         policy.line_order = real_line_order  # type: ignore[assignment]
+
+
+async def test_a_prepared_batch_overtaken_by_a_smaller_request_goes_back_in_order() -> None:
+    s = make(max_batch_tokens=20, pads=False)
+    big = s.submit([pair(10, token=k) for k in range(1, 9)])
+    prepared = await asyncio.to_thread(s.next_batch)  # packed ahead, not yet run
+    assert prepared is not None and not s.overtaken(prepared)
+    small = s.submit([pair(10, token=50)])
+    assert s.overtaken(prepared)
+    s.requeue(prepared)
+    batch = await asyncio.to_thread(s.next_batch)
+    assert batch is not None
+    assert [(item.job, item.ids[0]) for item in batch.items] == [(small, 50), (big, 1)]
+    assert [item.ids[0] for item in (await asyncio.to_thread(s.next_batch)).items] == [2, 3]
