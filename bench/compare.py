@@ -219,6 +219,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
     parser.add_argument("--skip-fairness", action="store_true")
+    parser.add_argument("--only-ours", action="store_true",
+                        help="only our server's as-served closed loop (latency; no Infinity)")
     parser.add_argument("--only-fairness", action="store_true",
                         help="run the fairness probe alone (about a minute a run)")
     parser.add_argument("--fairness-runs", type=int, default=1)
@@ -264,6 +266,9 @@ def main() -> None:
         "ours": [("ours", jina_body), ("ours, first window", first_window_body)],
         "infinity": [("infinity", jina_body)],
     }
+    if args.only_ours:  # our as-served closed loop alone: its latencies, no ratios
+        servers = {"ours": servers["ours"]}
+        variants = {"ours": [("ours", jina_body)]}
     closed: dict[str, list[Stats]] = {v: [] for vs in variants.values() for v, _ in vs}
     for r in range(args.rounds):
         for name, (start, path, _) in servers.items():
@@ -285,6 +290,13 @@ def main() -> None:
 
     def median(name: str, key: str) -> float:
         return statistics.median(st.summary()[key] for st in closed[name])
+
+    if args.only_ours:
+        both = Stats(latencies=[x for st in closed["ours"] for x in st.latencies]).summary()
+        print(f"ours: {median('ours', 'documents_per_s'):.2f} docs/s, latency from first send"
+              f" p50 {both['p50_ms']:.0f} ms, p99 {both['p99_ms']:.0f} ms, max"
+              f" {both['max_ms']:.0f} ms")
+        return
 
     rate = 0.5 * min(median(name, "requests_per_s") for name in servers)
     count = args.open_loop_requests

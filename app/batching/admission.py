@@ -50,7 +50,10 @@ def forecast(
 ) -> Forecast:
     """Whether a request of `tokens` can be admitted at `now`, and when it would finish.
 
-    Work ahead of it: what is already in forward passes (`in_flight_s`) plus every admitted
+    It may wait up to `max_queue_time_s`, or its own compute time if that is longer: a large
+    request would otherwise never be admitted while smaller ones keep arriving ahead of it
+    (each wait bounded by its own size keeps every request within twice its own time, plus
+    the queue-time limit). Work ahead of it: what is already in forward passes (`in_flight_s`) plus every admitted
     request with no more remaining work than it (ties go to the older one). While a request
     older than it waits behind it, the starvation guard may hand that one up to
     1/GUARD_EVERY of the device, so its own progress is predicted at the rest.
@@ -64,8 +67,9 @@ def forecast(
     slowdown = GUARD_EVERY / (GUARD_EVERY - 1) if behind else 1.0
     wait = (in_flight_s + sum(a.remaining for a in ahead) / tokens_per_s) * slowdown
     finish = wait + own * slowdown
-    if wait > max_queue_time_s:
-        return Forecast("queue_time", wait, finish, wait - max_queue_time_s)
+    allowed = max(max_queue_time_s, own)
+    if wait > allowed:
+        return Forecast("queue_time", wait, finish, wait - allowed)
     if now + finish > deadline:
         return Forecast("deadline", wait, finish, now + finish - deadline)
     # Those behind it are each delayed by its own work: none may be pushed past its deadline

@@ -179,8 +179,9 @@ class Scheduler:
                 " more time (x-request-timeout, up to the server's --request-timeout)"
             )
         if verdict == "queue_time":
-            why = (f"it would wait about {wait:.1f} s before its work starts, over the"
-                   f" {self.max_queue_time_s:g} s queue-time limit (max_queue_time)")
+            why = (f"it would wait about {wait:.1f} s before its work starts, longer than the"
+                   f" {self.max_queue_time_s:g} s queue-time limit (max_queue_time) and than"
+                   " its own compute time")
         else:
             why = (f"it would finish in about {finish:.1f} s, after its {timeout_s:g} s deadline,"
                    " or push an earlier request past its own")

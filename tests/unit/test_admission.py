@@ -34,12 +34,23 @@ def test_a_request_that_cannot_finish_even_alone_is_too_large() -> None:
 
 
 def test_work_ahead_past_the_queue_time_limit_is_refused_with_the_time_until_it_fits() -> None:
-    ahead = [Admitted(1500, 60.0, 1), Admitted(1500, 60.0, 2)]  # 3 s of work ahead
-    f = predict(ahead, 2000, in_flight_s=0.5)
+    ahead = [Admitted(500, 60.0, 1), Admitted(500, 60.0, 2)]  # 1 s of smaller work ahead
+    f = predict(ahead, 800, in_flight_s=2.5)
     assert f.verdict == "queue_time"
     assert f.wait_s == pytest.approx(3.5)
     assert f.retry_after_s == pytest.approx(2.5)  # 3.5 s of wait, less the 1 s allowed
-    assert predict(ahead, 2000, max_queue_time_s=3.0).verdict == "admit"
+    assert predict(ahead, 800, in_flight_s=2.5, max_queue_time_s=4.0).verdict == "admit"
+
+
+def test_a_large_request_may_wait_as_long_as_its_own_work_takes() -> None:
+    # 6 s of smaller work ahead: too long for a 2 s request, not for a 7 s one, which would
+    # otherwise be refused for as long as smaller requests keep arriving
+    ahead = [Admitted(1500, 60.0, i) for i in range(4)]
+    assert predict(ahead, 2000).verdict == "queue_time"
+    assert predict(ahead, 2000).retry_after_s == pytest.approx(4.0)
+    assert predict(ahead, 7000).verdict == "admit"
+    more = [*ahead, Admitted(1500, 60.0, 5)]
+    assert predict(more, 7000).retry_after_s == pytest.approx(0.5)
 
 
 def test_only_requests_with_less_remaining_work_count_as_ahead() -> None:
@@ -88,46 +99,48 @@ def scheduler(clock: Clock, metrics: Metrics, max_queue_time_s: float = 1.0) -> 
 async def test_the_scheduler_refuses_at_once_and_keeps_no_trace() -> None:
     clock, metrics = Clock(), Metrics()
     s = scheduler(clock, metrics)
-    first = s.admit(3000, timeout_s=60)  # 3 s of work, nothing ahead
-    s.enqueue(first, [([1] * 1000, 1)] * 3)
+    for _ in range(3):  # 1.5 s of work, nothing ahead of any of it
+        job = s.admit(500, timeout_s=60)
+        s.enqueue(job, [([1] * 500, 1)])
     with pytest.raises(QueueFull) as refused:
-        s.admit(3000, timeout_s=60)
-    assert refused.value.retry_after_s == pytest.approx(2.0)
+        s.admit(600, timeout_s=60)
+    assert refused.value.retry_after_s == pytest.approx(0.5)
     assert "queue-time limit" in refused.value.detail
     assert metrics.requests_shed.labels(reason="queue_time")._value.get() == 1
     with pytest.raises(RequestTooLarge, match="tokens/s"):
         s.admit(150_000, timeout_s=60)  # 2.5x its deadline, even as an estimate
     assert metrics.requests_shed.labels(reason="too_large")._value.get() == 1
-    # a smaller request than the one waiting goes ahead of it: admitted
-    s.admit(500, timeout_s=60)
+    # a smaller request than those waiting goes ahead of them: admitted
+    s.admit(400, timeout_s=60)
     assert s.depth == 3
 
 
 async def test_in_flight_work_counts_down_with_the_clock() -> None:
     clock, metrics = Clock(), Metrics()
     s = scheduler(clock, metrics)
-    s.submit([([1] * 1000, 1)] * 2)
+    s.submit([([1] * 1000, 1), ([1] * 500, 1)])
     batch = await asyncio.to_thread(s.next_batch)
-    assert batch is not None
-    batch.started = clock.now  # 1000 tokens: 1 s in a forward pass; 1 s more queued
+    assert batch is not None and batch.real_tokens == 1000
+    batch.started = clock.now  # 1 s in a forward pass; 0.5 s more queued
     with pytest.raises(QueueFull):
-        s.admit(1500, timeout_s=60)
-    clock.now += 0.6  # 0.4 s of the batch left + 1 s queued: still over the 1 s limit
+        s.admit(600, timeout_s=60)
+    clock.now += 0.3  # 0.7 s of the batch left + 0.5 s queued: still over the 1 s limit
     with pytest.raises(QueueFull) as refused:
-        s.admit(1500, timeout_s=60)
-    assert refused.value.retry_after_s == pytest.approx(0.4)
-    clock.now += 0.5
-    s.admit(1500, timeout_s=60)
+        s.admit(600, timeout_s=60)
+    assert refused.value.retry_after_s == pytest.approx(0.2)
+    clock.now += 0.25
+    s.admit(600, timeout_s=60)
 
 
 async def test_a_released_reservation_no_longer_counts() -> None:
     clock, metrics = Clock(), Metrics()
     s = scheduler(clock, metrics)
-    held = s.admit(2000, timeout_s=60)  # admitted, still being tokenized
+    s.admit(700, timeout_s=60)
+    held = s.admit(700, timeout_s=60)  # admitted, still being tokenized
     with pytest.raises(QueueFull):
-        s.admit(2500, timeout_s=60)
+        s.admit(800, timeout_s=60)
     s.release(held)  # its tokenization failed, or the client left
-    s.admit(2500, timeout_s=60)
+    s.admit(800, timeout_s=60)
 
 
 async def test_the_real_token_count_replaces_the_estimate() -> None:
