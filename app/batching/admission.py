@@ -17,6 +17,11 @@ from app.batching.policy import GUARD_EVERY
 
 Verdict = Literal["admit", "queue_time", "deadline", "too_large"]
 
+SLACK = 1.25
+"""Predicted durations are stretched by this much before they are held against a deadline:
+the estimate of tokens per second moves with the mix (long windows cost more per token), and
+a request that finishes a little late has wasted all its compute."""
+
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
@@ -53,8 +58,9 @@ def forecast(
     It may wait up to `max_queue_time_s`, or its own compute time if that is longer: a large
     request would otherwise never be admitted while smaller ones keep arriving ahead of it
     (each wait bounded by its own size keeps every request within twice its own time, plus
-    the queue-time limit). Work ahead of it: what is already in forward passes (`in_flight_s`) plus every admitted
-    request with no more remaining work than it (ties go to the older one). While a request
+    the queue-time limit). Work ahead of it: what is already in forward passes (`in_flight_s`)
+    plus every admitted request with no more remaining work than it (ties go to the older
+    one). While a request
     older than it waits behind it, the starvation guard may hand that one up to
     1/GUARD_EVERY of the device, so its own progress is predicted at the rest.
     """
@@ -70,13 +76,13 @@ def forecast(
     allowed = max(max_queue_time_s, own)
     if wait > allowed:
         return Forecast("queue_time", wait, finish, wait - allowed)
-    if now + finish > deadline:
-        return Forecast("deadline", wait, finish, now + finish - deadline)
+    if now + SLACK * finish > deadline:
+        return Forecast("deadline", wait, finish, now + SLACK * finish - deadline)
     # Those behind it are each delayed by its own work: none may be pushed past its deadline
     # (one already predicted to miss it is not held against newcomers).
     done = in_flight_s + sum(a.remaining for a in ahead) / tokens_per_s
     for a in behind:
         done += a.remaining / tokens_per_s
-        if now + done <= a.deadline < now + done + own:
+        if now + SLACK * done <= a.deadline < now + SLACK * (done + own):
             return Forecast("deadline", wait, finish, done)
     return Forecast("admit", wait, finish, 0.0)

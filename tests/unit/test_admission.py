@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from app.batching.admission import Admitted, forecast
+from app.batching.admission import SLACK, Admitted, forecast
 from app.batching.policy import GUARD_EVERY
 from app.batching.scheduler import Scheduler
 from app.errors import QueueFull, RequestTooLarge
@@ -67,17 +67,17 @@ def test_finishing_after_the_deadline_is_refused() -> None:
     f = predict([Admitted(900, 60.0, 1)], 5000, deadline=5.5, max_queue_time_s=10.0)
     assert f.verdict == "deadline"
     assert f.finish_s == pytest.approx(5.9)
-    assert f.retry_after_s == pytest.approx(0.4)
+    assert f.retry_after_s == pytest.approx(SLACK * 5.9 - 5.5)  # predictions get slack
 
 
 def test_no_admitted_request_is_pushed_past_its_deadline() -> None:
-    big = Admitted(10_000, 10.5, 1)  # finishes at 10 s alone: 0.5 s of slack
+    big = Admitted(10_000, 13.0, 1)  # 10 s of work: 12.5 s with the prediction's slack
     assert predict([big], 400, max_queue_time_s=10.0).verdict == "admit"
     f = predict([big], 600, max_queue_time_s=10.0)
     assert f.verdict == "deadline"
     assert f.retry_after_s == pytest.approx(10.0)  # once the big one is done
     # one already predicted to miss its deadline does not block newcomers
-    late = Admitted(10_000, 9.0, 1)
+    late = Admitted(10_000, 12.0, 1)
     assert predict([late], 600, max_queue_time_s=10.0).verdict == "admit"
 
 
