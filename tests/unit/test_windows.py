@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.engine.windows import window_budget, window_spans
+from app.engine.windows import scored_tokens, window_budget, window_count, window_spans
 
 
 def test_budget_leaves_room_for_query_and_two_separators() -> None:
@@ -46,3 +46,14 @@ def test_windows_cover_the_document_in_full_windows(doc_len: int, budget: int) -
 def test_rejects_a_budget_that_leaves_no_room() -> None:
     with pytest.raises(ValueError):
         window_spans(10, 0)
+
+
+def test_window_count_and_scored_tokens_match_the_windows() -> None:
+    for budget in (1, 4, 50, 1000):
+        for doc_len in (0, 1, budget - 1, budget, budget + 1, 3 * budget + 7, 10 * budget):
+            doc_len = max(0, doc_len)
+            assert window_count(doc_len, budget) == len(window_spans(doc_len, budget))
+    # 1000 max length, 10-token query: 988 per window; 2500 tokens -> 3 windows of 988
+    assert scored_tokens(2500, 10, 1000) == 3 * (10 + 2 + 988)
+    assert scored_tokens(2500, 10, 1000, max_windows=1) == 10 + 2 + 988
+    assert scored_tokens(40, 10, 1000) == 10 + 2 + 40
