@@ -131,12 +131,13 @@ class RerankService:
             dtype=np.int64, count=len(documents),
         )
         cut = truncation or Truncation()
+        unique = list(first_seen)
         encode = functools.partial(
-            self.encoder.encode, query, list(first_seen), max_doc_tokens=cut.max_doc_tokens,
+            self.encoder.encode, query, unique, max_doc_tokens=cut.max_doc_tokens,
             keep_tail=cut.keep_tail, max_windows=cut.max_windows,
         )
-        chars = len(query) + sum(map(len, first_seen))
-        job = self.scheduler.admit(self.estimate_tokens(query, list(first_seen), cut), timeout_s)
+        chars = len(query) + sum(map(len, unique))
+        job = self.scheduler.admit(self.estimate_tokens(query, unique, cut), timeout_s)
         try:
             lane = self._bulk_lane if chars > BULK_CHARS else self._lane
             encoded: EncodedRequest = await loop.run_in_executor(lane, encode)

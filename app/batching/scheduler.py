@@ -50,7 +50,6 @@ class Job:
     inference_s: float = 0.0
     abandoned: bool = False
     on_abandon: Callable[[], None] | None = None
-    dispatched_tokens: int = 0
 
     def abandon(self) -> None:
         """Mark the request as gone: its waiting items are dropped before any forward pass."""
@@ -299,7 +298,6 @@ class Scheduler:
         for item in chosen:
             by_job.setdefault(item.job, set()).add(item)
             n = item.length
-            item.job.dispatched_tokens += n
             item.job.work -= n
             total += n
             longest = max(longest, n)
@@ -435,7 +433,6 @@ class Scheduler:
                 job.items = deque([*returned, *job.items])
                 tokens = sum(item.length for item in returned)
                 job.work += tokens
-                job.dispatched_tokens -= tokens
                 self._depth += len(returned)
                 self._queued_tokens += tokens
                 if job not in self._jobs:

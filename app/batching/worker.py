@@ -156,9 +156,6 @@ class Worker:
         try:
             return self.scorer.run(prepared)
         except Exception as exc:
-            if len(items) == 1 or not is_out_of_memory(exc):
-                raise
-            del prepared
             return self._split(items, exc)
 
     def _split(self, items: Sequence[Item], exc: Exception, backed_off: bool = False
