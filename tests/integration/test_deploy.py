@@ -162,7 +162,11 @@ def test_real_prometheus_scrapes_a_live_server(xlmr_server: LiveServer) -> None:
 
 
 def _query(api: str, promql: str) -> float | None:
-    result = httpx.get(api, params={"query": promql}).json()["data"]["result"]
+    response = httpx.get(api, params={"query": promql})
+    if response.status_code == 503:  # Prometheus answers "Service Unavailable" until its TSDB is open
+        return None
+    response.raise_for_status()
+    result = response.json()["data"]["result"]
     if not result:
         return None
     value = float(result[0]["value"][1])
