@@ -33,6 +33,21 @@ SUPERVISE_EVERY_S = 0.1
 WARM_UP_TOKENS = 4096
 """Tokens of the timed warm-up batch: enough for a batch's fixed costs not to dominate (on
 a CPU, about 3 s for jina-reranker-v2; milliseconds on a GPU)."""
+GPU_BATCH_TOKENS = 16384
+CPU_BATCH_TOKENS = 4096
+"""On CPU, 4096-token batches score jina-reranker-v2 at least as fast as 16384-token ones
+(docs/benchmarks.md) and a newcomer waits a quarter as long for the batch in progress."""
+
+
+def default_batch_tokens(devices: list[str]) -> int:
+    return GPU_BATCH_TOKENS if all(d.startswith("cuda") for d in devices) else CPU_BATCH_TOKENS
+
+
+def batch_token_budget(settings: Settings, devices: list[str]) -> int:
+    """--max-batch-tokens, or the default for the devices the model landed on."""
+    if settings.max_batch_tokens is not None:
+        return settings.max_batch_tokens
+    return default_batch_tokens(devices)
 
 
 def default_loader(settings: Settings) -> LoadedModel:
@@ -106,8 +121,9 @@ class Runtime:
         try:
             log.info("loading model %s", self.settings.model)
             self.model = await asyncio.to_thread(self._loader, self.settings)
+            budget = batch_token_budget(self.settings, self.model.devices)
             self._scheduler = Scheduler(
-                max_batch_tokens=self.settings.max_batch_tokens,
+                max_batch_tokens=budget,
                 max_wait_s=self.settings.max_wait_ms / 1000.0,
                 max_queue=self.settings.max_queue,
                 max_queue_time_s=self.settings.max_queue_time_s,
@@ -115,7 +131,7 @@ class Runtime:
                 metrics=self.metrics,
                 workers=len(self.model.scorers),
             )
-            self.metrics.batch_token_budget.set(self.settings.max_batch_tokens)
+            self.metrics.batch_token_budget.set(budget)
             self.metrics.queue_capacity.set(self.settings.max_queue)
             for device in self.model.devices:
                 if device.startswith("cuda"):
@@ -124,7 +140,7 @@ class Runtime:
                             functools.partial(device_memory_bytes, device, kind)
                         )
             timings = await asyncio.to_thread(
-                self._warm_up, self.model, self.settings.max_batch_tokens
+                self._warm_up, self.model, budget
             )
             for tokens, seconds in timings:
                 self._scheduler.throughput.observe(tokens, seconds)
@@ -194,6 +210,10 @@ class Runtime:
     def tokens_per_s(self) -> float | None:
         """Measured scoring speed of all devices; None before start-up measured it."""
         return None if self._scheduler is None else self._scheduler.tokens_per_s()
+
+    def batch_tokens(self) -> int | None:
+        """The token budget in force (halved for a while after an out-of-memory error)."""
+        return None if self._scheduler is None else self._scheduler.max_batch_tokens
 
     @staticmethod
     def _warm_up(model: LoadedModel, max_batch_tokens: int) -> list[tuple[int, float]]:

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from app.allocator import exec_env, find_tcmalloc, loaded_tcmalloc
+from app.runtime import default_batch_tokens
 
 
 def measure(model_dir: Path, pairs: int, dtype: str, budget: int) -> dict[str, float]:
@@ -63,11 +64,13 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    parser.add_argument("--max-batch-tokens", type=int, default=None,
+                        help="default: the server's default for the device")
     parser.add_argument("--jemalloc", action="store_true",
                         help="also jemalloc, when installed (libjemalloc2)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.max_batch_tokens = args.max_batch_tokens or default_batch_tokens(["cpu"])
     if args.child:
         print(json.dumps(measure(args.model_dir, args.pairs, args.dtype, args.max_batch_tokens)))
         return

@@ -46,6 +46,7 @@ import torch
 from app.allocator import ensure as ensure_allocator
 from app.allocator import loaded_tcmalloc
 from app.engine.loading import load_model
+from app.runtime import default_batch_tokens
 from bench.engine import ensure_model
 from bench.loadgen import Body, Stats, fixed_work, jina_body, open_loop
 from bench.servers import Running, infinity, ours
@@ -217,7 +218,8 @@ def main() -> None:
                         help="auto: the dtype our start-up probe picks on this machine")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    parser.add_argument("--max-batch-tokens", type=int, default=None,
+                        help="default: the server's default for the device")
     parser.add_argument("--skip-fairness", action="store_true")
     parser.add_argument("--only-ours", action="store_true",
                         help="only our server's as-served closed loop (latency; no Infinity)")
@@ -233,6 +235,7 @@ def main() -> None:
     parser.add_argument("--open-loop-requests", type=int, default=12,
                         help="0 skips the open loop")
     args = parser.parse_args()
+    args.max_batch_tokens = args.max_batch_tokens or default_batch_tokens([args.device])
     # The engine bound runs in this process: give it the allocator the server gets.
     ensure_allocator("auto", ["-m", "bench.compare", *sys.argv[1:]])
     t_start = time.monotonic()

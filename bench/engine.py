@@ -25,6 +25,7 @@ import torch
 from app.engine.backends import Scorer
 from app.engine.loading import load_model
 from app.engine.tokenize import Pair
+from app.runtime import default_batch_tokens
 from bench.workload import make_pairs
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -105,7 +106,8 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=Path("/tmp/reranker-bench/jina-shaped"))
     parser.add_argument("--pairs", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    parser.add_argument("--max-batch-tokens", type=int, default=None,
+                        help="default: the server's default for the device")
     parser.add_argument(
         "--lookahead", type=int, default=64,
         help="pairs queued when a batch forms (the scheduler sorts by length among them)",
@@ -115,6 +117,7 @@ def main() -> None:
                         help="instead: torch.profiler's op table for the native engine's"
                         " middle batch")
     args = parser.parse_args()
+    args.max_batch_tokens = args.max_batch_tokens or default_batch_tokens(["cpu"])
 
     model_dir = ensure_model(args.model_dir)
     backends = {

@@ -107,18 +107,20 @@ def _available(path: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def random_pair(cls_id: int, sep_id: int, rng: random.Random, length: int) -> Pair:
+    body = rng.choices(range(5, 400), k=length - 2)
+    return Pair(np.array([cls_id, *body, sep_id], dtype=np.int32), 10, 0)
+
+
 def throughput(jina: Path, device: str, seconds: float, small: bool) -> None:
     loaded = load_model(str(jina), device=device, dtype="bfloat16")
     scorer = loaded.scorers[0]
     enc = loaded.encoder
     rng = random.Random(1)
-    vocab = range(5, 400)
     mixes = {
-        "short (128)": [Pair([enc.cls_id, *rng.choices(vocab, k=126), enc.sep_id], 10, 0)
-                        for _ in range(512)],
+        "short (128)": [random_pair(enc.cls_id, enc.sep_id, rng, 128) for _ in range(512)],
         "RAG mixed": [p for q, d in make_pairs(256, seed=2) for p in enc.encode(q, [d]).pairs],
-        "long (1024)": [Pair([enc.cls_id, *rng.choices(vocab, k=1022), enc.sep_id], 10, 0)
-                        for _ in range(64)],
+        "long (1024)": [random_pair(enc.cls_id, enc.sep_id, rng, 1024) for _ in range(64)],
     }
     if device.startswith("cuda"):
         name = torch.cuda.get_device_name()

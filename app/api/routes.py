@@ -29,6 +29,7 @@ async def list_models(request: Request) -> Response:
         dtype_probe_gflops=loaded.dtype_probe,
         tokens_per_second=runtime.tokens_per_s(),
         max_queue_time_s=runtime.settings.max_queue_time_s,
+        max_batch_tokens=runtime.batch_tokens(),
     )
     return JSONBytes(ModelList(data=[card]).model_dump())
 

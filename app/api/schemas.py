@@ -137,6 +137,10 @@ class ModelCard(BaseModel):
         None, description="Measured scoring speed of all devices (moving estimate)"
     )
     max_queue_time_s: float = Field(description="The queue-time limit admission enforces")
+    max_batch_tokens: int | None = Field(
+        None, description="Token budget of one forward pass in force (halved for a while after"
+        " an out-of-memory error)"
+    )
 
 
 class ModelList(BaseModel):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from app.config import Settings
+from app.runtime import batch_token_budget
 from tests.conftest import LiveServer, ServerFactory
 from tests.reference import reference_scores, reference_tokens
 from tests.samples import DOCS, QUERY
@@ -179,6 +181,15 @@ def test_models_reports_what_is_served(client: httpx.Client) -> None:
     assert card["max_input_length"] == 128
     assert card["dtype"] == "float32" and card["devices"] == ["cpu"]
     assert card["backend"] == "native" and card["attention"] == "sdpa-per-sequence"
+    assert card["max_batch_tokens"] == 4096  # the CPU default
+
+
+def test_the_batch_budget_defaults_by_device(xlmr_server: LiveServer) -> None:
+    assert xlmr_server.metric("reranker_batch_token_budget") == 4096
+    assert batch_token_budget(Settings(), ["cpu"]) == 4096
+    assert batch_token_budget(Settings(), ["cuda:0", "cuda:1"]) == 16384
+    assert batch_token_budget(Settings(), ["cuda:0", "cpu"]) == 4096
+    assert batch_token_budget(Settings(max_batch_tokens=777), ["cuda:0"]) == 777
 
 
 def test_health_ready_docs(client: httpx.Client) -> None:

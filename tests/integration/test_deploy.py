@@ -163,7 +163,7 @@ def test_real_prometheus_scrapes_a_live_server(xlmr_server: LiveServer) -> None:
 
 def _query(api: str, promql: str) -> float | None:
     response = httpx.get(api, params={"query": promql})
-    if response.status_code == 503:  # Prometheus answers "Service Unavailable" until its TSDB is open
+    if response.status_code == 503:  # "Service Unavailable" until its storage is open
         return None
     response.raise_for_status()
     result = response.json()["data"]["result"]
