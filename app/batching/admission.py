@@ -55,14 +55,16 @@ def forecast(
 ) -> Forecast:
     """Whether a request of `tokens` can be admitted at `now`, and when it would finish.
 
-    It may wait up to `max_queue_time_s`, or its own compute time if that is longer: a large
-    request would otherwise never be admitted while smaller ones keep arriving ahead of it
-    (each wait bounded by its own size keeps every request within twice its own time, plus
-    the queue-time limit). Work ahead of it: what is already in forward passes (`in_flight_s`)
-    plus every admitted request with no more remaining work than it (ties go to the older
-    one). While a request
-    older than it waits behind it, the starvation guard may hand that one up to
-    1/GUARD_EVERY of the device, so its own progress is predicted at the rest.
+    Work ahead of it: what is already in forward passes (`in_flight_s`) plus every admitted
+    request with no more remaining work than it (ties go to the older one). That queued work
+    may take up to `max_queue_time_s`, or the request's own compute time if that is longer:
+    a large request would otherwise never be admitted while smaller ones keep arriving ahead
+    of it (each wait bounded by its own size keeps every request within twice its own time,
+    plus the queue-time limit). The batch in flight does not count against the limit: no
+    request could start before it ends, and on a CPU one batch can take seconds, so a limit
+    that counted it would refuse requests on an otherwise idle server. While a request older
+    than it waits behind it, the starvation guard may hand that one up to 1/GUARD_EVERY of
+    the device, so its own progress is predicted at the rest.
     """
     own = tokens / tokens_per_s
     if own > deadline - now:
@@ -71,11 +73,12 @@ def forecast(
     behind = sorted((a for a in admitted if a.remaining > tokens),
                     key=lambda a: (a.remaining, a.arrival))
     slowdown = GUARD_EVERY / (GUARD_EVERY - 1) if behind else 1.0
-    wait = (in_flight_s + sum(a.remaining for a in ahead) / tokens_per_s) * slowdown
+    queued = sum(a.remaining for a in ahead) / tokens_per_s * slowdown
+    wait = in_flight_s * slowdown + queued
     finish = wait + own * slowdown
     allowed = max(max_queue_time_s, own)
-    if wait > allowed:
-        return Forecast("queue_time", wait, finish, wait - allowed)
+    if queued > allowed:
+        return Forecast("queue_time", wait, finish, queued - allowed)
     if now + SLACK * finish > deadline:
         return Forecast("deadline", wait, finish, now + SLACK * finish - deadline)
     # Those behind it are each delayed by its own work: none may be pushed past its deadline
