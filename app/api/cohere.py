@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.auth import require_api_key
 from app.api.body import read_json, request_body_doc
 from app.api.common import (
     ERROR_RESPONSES,
@@ -18,12 +15,12 @@ from app.api.common import (
     search_units,
     timing_headers,
 )
-from app.api.documents import rank_text
+from app.api.documents import Document, rank_text
 from app.api.responses import JSONBytes
 from app.api.schemas import ApiVersion, BilledUnits
 from app.service import Truncation
 
-router = APIRouter(prefix="/v2", dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v2", responses=ERROR_RESPONSES)
 
 
 class CohereV2Request(BaseModel):
@@ -31,7 +28,7 @@ class CohereV2Request(BaseModel):
 
     model: str | None = Field(None, description="Must name the served model when given.")
     query: str
-    documents: list[str | dict[str, Any]] = Field(
+    documents: list[Document] = Field(
         description="Texts (objects are ranked on `text`, or on their sorted-JSON form)."
     )
     top_n: int | None = Field(None, ge=1)

@@ -4,11 +4,50 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
+from pydantic import AfterValidator
 
 from app.errors import InvalidRequest
+
+MAX_NESTING = 32
+"""Deepest nesting of objects and arrays a document object may have (orjson itself refuses to
+serialise past ~254 levels; no real tool or table schema comes near 32)."""
+
+
+def nesting_depth(value: Any) -> int:
+    """Depth of nested objects and arrays, iteratively (no recursion on hostile input)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_NESTING:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _checked(doc: str | dict[str, Any]) -> str | dict[str, Any]:
+    if isinstance(doc, dict):
+        if nesting_depth(doc) > MAX_NESTING:
+            raise ValueError(f"the document nests objects or arrays deeper than {MAX_NESTING}"
+                             " levels")
+        if "text" in doc and not isinstance(doc["text"], str):
+            raise ValueError("the document has a 'text' field that is not a string; send an"
+                             " object like {\"text\": \"...\"}")
+    return doc
+
+
+Document = Annotated[str | dict[str, Any], AfterValidator(_checked)]
+"""A document as every dialect takes it: a string, or an object (ranked on its `text`, its
+`rank_fields`, or its sorted-JSON form), checked for depth and for a non-string `text`."""
 
 
 def _value_text(value: Any) -> str:

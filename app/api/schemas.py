@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.documents import Document
 
 
 class RerankRequest(BaseModel):
@@ -29,7 +31,7 @@ class RerankRequest(BaseModel):
 
     model: str | None = Field(None, description="Must name the served model when given.")
     query: str = Field(description="The search query.")
-    documents: list[str | dict[str, Any]] = Field(
+    documents: list[Document] = Field(
         description="Strings, or objects: ranked on `text` (or `rank_fields`, or the whole"
         " object as sorted JSON); every field is echoed back."
     )
@@ -45,43 +47,6 @@ class RerankRequest(BaseModel):
         description="Cohere v1: score at most this many windows of each long document (its"
         " start); default: every window.",
     )
-
-
-    @field_validator("documents")
-    @classmethod
-    def _documents_text(cls, docs: list[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
-        for i, doc in enumerate(docs):
-            if isinstance(doc, dict) and nesting_depth(doc) > MAX_NESTING:
-                raise ValueError(
-                    f"document {i} nests objects or arrays deeper than {MAX_NESTING} levels"
-                )
-            if isinstance(doc, dict) and "text" in doc and not isinstance(doc["text"], str):
-                raise ValueError(
-                    f"document {i} has a 'text' field that is not a string;"
-                    " send an object like {\"text\": \"...\"}"
-                )
-        return docs
-
-
-MAX_NESTING = 32
-
-
-def nesting_depth(value: Any) -> int:
-    """Depth of nested objects and arrays, iteratively (no recursion on hostile input)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        deepest = max(deepest, depth)
-        if deepest > MAX_NESTING:
-            return deepest
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
 
 
 class Usage(BaseModel):

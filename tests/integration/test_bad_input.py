@@ -161,3 +161,48 @@ def test_a_huge_string_is_refused_without_reading_it_all(
         assert r.status_code == 413
     with httpx.Client(base_url=server.url) as c:
         assert c.post("/v1/rerank", json=OK_BODY).status_code == 200
+
+
+# -- the same hostile documents on every rerank route -------------------------------------------
+def _nested(depth: int) -> dict[str, Any]:
+    doc: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth - 1):
+        doc = {"x": doc}
+    return doc
+
+
+# (route, field holding the documents, whether it takes objects)
+ROUTES = [("/v1/rerank", "documents", True), ("/v2/rerank", "documents", True),
+          ("/rerank", "texts", False)]
+DOCUMENT_CASES: list[tuple[str, Any, str]] = [
+    # orjson parses 300 levels but refuses to serialise past ~254: once a 500 on /v2/rerank
+    ("object-nested-300-deep", _nested(300), "deeper"),
+    ("object-nested-33-deep", _nested(33), "deeper"),
+    ("object-text-number", {"text": 5}, "'text'"),
+    ("list-as-document", ["Mars"], "valid string"),
+]
+
+
+@pytest.mark.parametrize(("route", "field", "objects"), ROUTES, ids=[r[0] for r in ROUTES])
+@pytest.mark.parametrize(("doc", "needle"), [c[1:] for c in DOCUMENT_CASES],
+                         ids=[c[0] for c in DOCUMENT_CASES])
+def test_hostile_documents_are_422_on_every_route(
+    xlmr_server: LiveServer, route: str, field: str, objects: bool, doc: Any, needle: str
+) -> None:
+    with xlmr_server.client() as c:
+        r = c.post(route, json={"query": "red planet", field: ["Mars", doc]},
+                   headers={"x-request-id": "hostile-1"})
+        assert r.status_code == 422, r.text[:300]
+        assert r.headers["x-request-id"] == "hostile-1"
+        detail = r.json()["detail"]
+        assert f"{field}.1" in detail
+        if objects:  # TEI's texts are strings: any object is simply not a string
+            assert needle in detail, detail
+        assert c.post(route, json={"query": "q", field: ["Mars"]}).status_code == 200
+
+
+def test_the_deepest_document_allowed_is_ranked(xlmr_server: LiveServer) -> None:
+    with xlmr_server.client() as c:
+        for route in ("/v1/rerank", "/v2/rerank"):
+            r = c.post(route, json={"query": "q", "documents": [_nested(32), "Mars"]})
+            assert r.status_code == 200, r.text[:300]
