@@ -52,6 +52,7 @@ def create_app(
     app.include_router(ops)
     install_error_handlers(app)
     app.add_middleware(
-        ServingMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics
+        ServingMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics,
+        api_keys=settings.api_keys,
     )
     return app

@@ -106,3 +106,28 @@ def wrapping_loader(
         return replace(loaded, scorers=list(wrapped))
 
     return load, made
+
+
+class ExplodingEncoder:
+    """Delegates to a real encoder, but `encode` raises a plain error for one query: an
+    unexpected bug outside the batching path (the answer must be a generic 500)."""
+
+    def __init__(self, inner: Any, query: str) -> None:
+        self._inner = inner
+        self._query = query
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def encode(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        if query == self._query:
+            raise RuntimeError("unexpected: secret internals")
+        return self._inner.encode(query, *args, **kwargs)
+
+
+def exploding_loader(query: str) -> Loader:
+    def load(settings: Settings) -> LoadedModel:
+        loaded = default_loader(settings)
+        return replace(loaded, encoder=ExplodingEncoder(loaded.encoder, query))
+
+    return load

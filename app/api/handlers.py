@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,10 +10,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from app.api.responses import JSONBytes
-from app.errors import INTERNAL_ERROR_DETAIL, RerankError, error_response_parts
-
-log = logging.getLogger(__name__)
-
+from app.errors import RerankError, error_response_parts
 
 # TEI clients read `error` and `error_type` (next to `detail`) on its `/rerank` route.
 _TEI_ERROR_TYPES = {401: "Unauthorized", 429: "Overloaded", 500: "Backend", 503: "Unhealthy",
@@ -22,7 +18,11 @@ _TEI_ERROR_TYPES = {401: "Unauthorized", 429: "Overloaded", 500: "Backend", 503:
 
 
 def error_body(request: Request, status: int, body: dict[str, Any]) -> dict[str, Any]:
-    if request.url.path == "/rerank":
+    return error_body_for(request.url.path, status, body)
+
+
+def error_body_for(path: str, status: int, body: dict[str, Any]) -> dict[str, Any]:
+    if path == "/rerank":
         body = {**body, "error": body["detail"],
                 "error_type": _TEI_ERROR_TYPES.get(status, "Validation")}
     return body
@@ -63,16 +63,7 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     return JSONBytes(body, status_code=exc.status_code, headers=exc.headers)
 
 
-async def on_unexpected_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    request.app.state.runtime.metrics.failures.labels(reason="internal").inc()
-    return JSONBytes(
-        error_body(request, 500, {"detail": INTERNAL_ERROR_DETAIL}), status_code=500
-    )
-
-
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RerankError, on_rerank_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(HTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected_error)

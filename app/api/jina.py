@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.api.auth import require_api_key
 from app.api.body import read_json, request_body_doc
 from app.api.common import (
     ERROR_RESPONSES,
@@ -24,7 +23,7 @@ from app.api.responses import JSONBytes
 from app.api.schemas import RerankRequest, RerankResponse
 from app.service import Truncation
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
 
 
 @router.post(

@@ -1,5 +1,6 @@
-"""Pure ASGI middleware: request ids, body size limit, per-route request metrics and log
-line, `x-total-time` header."""
+"""Pure ASGI middleware: request ids, API keys and the body size limit (both before the body
+is read), per-route request metrics and log line, `x-total-time` header, and a generic 500
+for any unexpected error."""
 
 from __future__ import annotations
 
@@ -7,23 +8,38 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Sequence
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.auth import check_api_key, needs_key
+from app.api.handlers import error_body_for
+from app.errors import INTERNAL_ERROR_DETAIL, error_response_parts
 from app.metrics import Metrics
 
 log = logging.getLogger("app.access")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,200}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def printable(text: str) -> str:
+    """Control characters as \\xNN, so a client cannot forge log lines (`%0A` in a path)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 class ServingMiddleware:
-    """Buffers the request body up to `max_body_bytes` (413 past it) and records every answer."""
+    """Checks the API key, buffers the request body up to `max_body_bytes` (413 past it), and
+    records every answer."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics,
+        api_keys: Sequence[str] = (),
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
+        self.api_keys = list(api_keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -48,16 +64,39 @@ class ServingMiddleware:
                 ]
             await send(message)
 
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send_timed(message)
+
+        path: str = scope["path"]
         try:
+            if needs_key(path, self.api_keys):
+                refused = check_api_key(headers.get(b"authorization", b"").decode("latin-1"),
+                                        self.api_keys)
+                if refused is not None:
+                    self.metrics.failures.labels(reason=refused.reason).inc()
+                    code, extra, body = error_response_parts(refused)
+                    await _send_json(send_timed, code, error_body_for(path, code, body), extra)
+                    return
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
                 await self._too_large(send_timed)
                 return
-            body = await self._read_body(receive)
-            if body is None:
+            raw = await self._read_body(receive)
+            if raw is None:
                 await self._too_large(send_timed)
                 return
-            await self.app(scope, _replay(body, receive), send_timed)
+            await self.app(scope, _replay(raw, receive), send_tracked)
+        except Exception:
+            if started:
+                raise
+            log.exception("unhandled error on %s %s", scope["method"], printable(path))
+            self.metrics.failures.labels(reason="internal").inc()
+            body = error_body_for(path, 500, {"detail": INTERNAL_ERROR_DETAIL})
+            await _send_json(send_timed, 500, body, {})
         finally:
             route = _route_label(scope)
             elapsed = time.perf_counter() - start
@@ -65,7 +104,7 @@ class ServingMiddleware:
             self.metrics.request_duration.labels(route=route).observe(elapsed)
             log.log(
                 _level(route, status), "%s %s %d %.1fms request_id=%s",
-                scope["method"], scope["path"], status, elapsed * 1000, request_id,
+                scope["method"], printable(path), status, elapsed * 1000, request_id,
             )
 
     async def _read_body(self, receive: Receive) -> bytes | None:
@@ -85,24 +124,29 @@ class ServingMiddleware:
         return b"".join(chunks)
 
     async def _too_large(self, send: Send) -> None:
-        body = orjson.dumps(
-            {
-                "detail": f"request body is larger than the limit of {self.max_body_bytes} bytes"
-                " (max_body_bytes); send fewer or shorter documents"
-            }
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        detail = (f"request body is larger than the limit of {self.max_body_bytes} bytes"
+                  " (max_body_bytes); send fewer or shorter documents")
+        await _send_json(send, 413, {"detail": detail}, {})
+
+
+async def _send_json(send: Send, status: int, body: dict[str, object],
+                     headers: dict[str, str]) -> None:
+    """An answer sent before (or instead of) reading the body: the connection is closed after
+    it, so an unread body cannot be taken for the next request."""
+    data = orjson.dumps(body)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                (b"connection", b"close"),
+                *((k.encode(), v.encode()) for k, v in headers.items()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 
-from app.api.auth import require_api_key
 from app.api.common import ERROR_RESPONSES, runtime_of
 from app.api.responses import JSONBytes
 from app.api.schemas import ModelCard, ModelList, Status
 from app.metrics import CONTENT_TYPE
 
-v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
+v1 = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
 ops = APIRouter()
 
 

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.auth import require_api_key
 from app.api.body import read_json, request_body_doc
 from app.api.common import ERROR_RESPONSES, disconnected_response, score, timing_headers
 from app.api.responses import JSONBytes
 from app.service import Truncation
 
-router = APIRouter(dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
+router = APIRouter(responses=ERROR_RESPONSES)
 
 
 class TeiRerankRequest(BaseModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 import pytest
 
@@ -155,23 +157,47 @@ def test_too_many_documents_names_the_limit(
 
 
 # -- auth -------------------------------------------------------------------------------------
-def test_api_keys_guard_v1_only(server_factory: ServerFactory, xlmr_dir: str) -> None:
+def test_api_keys_guard_every_api_route(server_factory: ServerFactory, xlmr_dir: str) -> None:
     server = server_factory(xlmr_dir, api_keys=["k-one", "k-two"])
     body = {"query": "q", "documents": ["a"]}
     with server.client() as c:
         r = c.post("/v1/rerank", json=body)
         assert r.status_code == 401 and "Authorization: Bearer" in r.json()["detail"]
-        assert r.headers["www-authenticate"] == "Bearer"
+        assert r.headers["www-authenticate"] == "Bearer" and r.headers["x-request-id"]
         r = c.post("/v1/rerank", json=body, headers={"Authorization": "Bearer wrong"})
         assert r.status_code == 401 and "invalid" in r.json()["detail"]
         r = c.post("/v1/rerank", json=body, headers={"Authorization": "Basic k-one"})
         assert r.status_code == 401
-        for key in ("k-one", "k-two"):
-            r = c.post("/v1/rerank", json=body, headers={"Authorization": f"Bearer {key}"})
-            assert r.status_code == 200
-        assert c.get("/v1/models").status_code == 401
-        for path in ("/health", "/ready", "/metrics"):
-            assert c.get(path).status_code == 200
+        routes = [("POST", "/v1/rerank", body), ("POST", "/v2/rerank", body),
+                  ("POST", "/rerank", {"query": "q", "texts": ["a"]}), ("GET", "/v1/models", None)]
+        for method, path, payload in routes:
+            assert c.request(method, path, json=payload).status_code == 401, path
+            for key in ("k-one", "k-two"):
+                r = c.request(method, path, json=payload,
+                              headers={"Authorization": f"Bearer {key}"})
+                assert r.status_code == 200, (path, r.text)
+        tei = c.post("/rerank", json={"query": "q", "texts": ["a"]}).json()
+        assert tei["error_type"] == "Unauthorized" and tei["error"] == tei["detail"]
+        assert c.get("/no/such/route").status_code == 401  # nothing is revealed without a key
+        for path in ("/health", "/ready", "/metrics", "/docs", "/openapi.json"):
+            assert c.get(path).status_code == 200, path
+    assert server.metric("reranker_failures_total", {"reason": "unauthorized"}) >= 7
+
+
+def test_a_missing_key_is_refused_before_the_body_is_read(
+    server_factory: ServerFactory, xlmr_dir: str
+) -> None:
+    server = server_factory(xlmr_dir, api_keys=["k-one"])
+    host, port = server.url.removeprefix("http://").split(":")
+    # 30 MB announced (under the 32 MiB body limit) and never sent: the server must answer
+    # from the headers alone, not wait for the body
+    head = (f"POST /v1/rerank HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {30_000_000}\r\n\r\n").encode()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head)
+        answer = sock.recv(4096).decode("latin-1")
+    assert answer.startswith("HTTP/1.1 401"), answer[:200]
+    assert "missing API key" in answer
 
 
 # -- ops endpoints ----------------------------------------------------------------------------

@@ -139,3 +139,16 @@ def test_required_tcmalloc_that_is_missing_fails_with_one_line(xlmr_dir: str) ->
     assert result.returncode == 2
     [line] = [x for x in result.stderr.splitlines() if x.startswith("reranker:")]
     assert "libtcmalloc-minimal4" in line and "--allocator system" in line
+
+
+def test_a_client_cannot_forge_a_text_log_line(xlmr_dir: str) -> None:
+    server, url = spawn_server("--model", xlmr_dir, "--device", "cpu")
+    try:
+        # %0A decodes to a newline in the path the access log writes
+        httpx.get(f"{url}/v1/x%0A2026-01-01 00:00:00 INFO app.access forged%0D%1B[31m")
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=30)
+    assert not any(line.lstrip().startswith("2026-01-01") for line in stderr.splitlines())
+    [line] = [x for x in stderr.splitlines() if "forged" in x]
+    assert "\\x0a2026-01-01" in line and "\\x0d\\x1b[31m" in line

@@ -11,7 +11,7 @@ import httpx
 import torch
 
 from tests.conftest import ServerFactory
-from tests.fakes import WorkerKilled, WrappedScorer, wrapping_loader
+from tests.fakes import WorkerKilled, WrappedScorer, exploding_loader, wrapping_loader
 from tests.reference import reference_scores
 
 
@@ -134,3 +134,19 @@ def test_repeated_worker_deaths_give_up(server_factory: ServerFactory, xlmr_dir:
         assert c.get("/ready").status_code == 503
         r = c.post("/v1/rerank", json={"query": "q", "documents": ["x"]})
         assert r.status_code == 503 and "failed" in r.json()["detail"]
+
+
+def test_an_unexpected_error_is_a_generic_500_that_keeps_the_request_id(
+    server_factory: ServerFactory, xlmr_dir: str
+) -> None:
+    server = server_factory(xlmr_dir, loader=exploding_loader("boom"))
+    with server.client() as c:
+        for route, field in (("/v1/rerank", "documents"), ("/v2/rerank", "documents"),
+                             ("/rerank", "texts")):
+            r = c.post(route, json={"query": "boom", field: ["Mars"]},
+                       headers={"x-request-id": "trace-500"})
+            assert r.status_code == 500
+            assert r.headers["x-request-id"] == "trace-500"
+            assert "secret" not in r.text and r.json()["detail"]
+            assert c.post(route, json={"query": "red", field: ["Mars"]}).status_code == 200
+    assert server.metric("reranker_failures_total", {"reason": "internal"}) == 3
