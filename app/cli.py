@@ -20,6 +20,7 @@ _SERVE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--served-model-name", "served_model_name", {}),
     ("--host", "host", {}),
     ("--port", "port", {"type": int}),
+    ("--metrics-port", "metrics_port", {"type": int}),
     ("--device", "device", {}),
     ("--dtype", "dtype", {"choices": ["auto", "float32", "bfloat16", "float16"]}),
     ("--backend", "backend", {"choices": ["auto", "native", "transformers"]}),

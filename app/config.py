@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     )
     host: str = Field("0.0.0.0", description="Interface to bind.")
     port: int = Field(8080, ge=0, le=65535, description="TCP port.")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535,
+        description="Serve /metrics on a listener of its own at this port (same --host), and not"
+        " on the API port: keeps the scrape off a public ingress. Default: on the API port.",
+    )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N[,cuda:M...]")
     dtype: Dtype = Field(
         "auto",
@@ -79,7 +84,8 @@ class Settings(BaseSettings):
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Bearer keys for /v1/*; none = open. Env: comma separated.",
+        description="Bearer keys required on every route except /health, /ready, /metrics and"
+        " the API docs; none = open. Env: comma separated.",
     )
     hf_cache_dir: str | None = Field(None, description="Hugging Face cache directory.")
     log_level: str = Field("info", description="Log level.")

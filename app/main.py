@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from prometheus_client import start_http_server
 
 from app.api import cohere, jina, tei
 from app.api.handlers import install_error_handlers
 from app.api.middleware import ServingMiddleware
-from app.api.routes import ops, v1
+from app.api.routes import ops, scrape, v1
 from app.config import Settings
 from app.metrics import Metrics
 from app.runtime import Loader, Runtime, default_loader
@@ -30,6 +31,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        listener = None
+        if settings.metrics_port is not None:
+            listener, _ = start_http_server(
+                settings.metrics_port, addr=settings.host, registry=metrics.registry
+            )
         starting = asyncio.create_task(runtime.start())
         try:
             yield
@@ -37,6 +43,9 @@ def create_app(
             if not starting.done():
                 starting.cancel()
             await runtime.stop()
+            if listener is not None:
+                listener.shutdown()
+                listener.server_close()
 
     app = FastAPI(
         title="reranker",
@@ -50,6 +59,8 @@ def create_app(
     app.include_router(tei.router)
     app.include_router(v1)
     app.include_router(ops)
+    if settings.metrics_port is None:
+        app.include_router(scrape)
     install_error_handlers(app)
     app.add_middleware(
         ServingMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics,

@@ -12,6 +12,8 @@ from app.metrics import CONTENT_TYPE
 
 v1 = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
 ops = APIRouter()
+scrape = APIRouter()
+"""/metrics on the API port; left out when --metrics-port gives it a listener of its own."""
 
 
 @v1.get("/models", response_model=ModelList, summary="The served model")
@@ -55,7 +57,7 @@ async def ready(request: Request) -> Response:
     )
 
 
-@ops.get(
+@scrape.get(
     "/metrics",
     summary="Prometheus metrics",
     response_class=PlainTextResponse,

@@ -9,6 +9,7 @@ import pytest
 
 from app.config import Settings
 from app.runtime import batch_token_budget
+from tests.cli_server import free_port
 from tests.conftest import LiveServer, ServerFactory
 from tests.reference import reference_scores, reference_tokens
 from tests.samples import DOCS, QUERY
@@ -254,3 +255,16 @@ def test_metrics_report_each_stage(xlmr_server: LiveServer) -> None:
     assert m("reranker_queue_items") == 0 and m("reranker_in_flight_requests") == 0
     text = httpx.get(f"{xlmr_server.url}/metrics").text
     assert 'reranker_request_duration_seconds_bucket{le="0.005",route="/v1/rerank"}' in text
+
+
+def test_metrics_port_moves_the_scrape_off_the_api_port(
+    server_factory: ServerFactory, xlmr_dir: str
+) -> None:
+    port = free_port()
+    server = server_factory(xlmr_dir, metrics_port=port, api_keys=["k"])
+    with server.client(headers={"Authorization": "Bearer k"}) as c:
+        assert c.post("/v1/rerank", json={"query": "q", "documents": ["a"]}).status_code == 200
+        assert c.get("/metrics").status_code == 404
+    scrape = httpx.get(f"http://127.0.0.1:{port}/metrics")  # no key: a scrape target
+    assert scrape.status_code == 200
+    assert 'reranker_requests_total{route="/v1/rerank",status="200"} 1.0' in scrape.text
