@@ -130,7 +130,7 @@ def serve(settings: Settings, allocator: str) -> int:
 
     import uvicorn
 
-    from app.engine.loading import resolve_model_dir
+    from app.engine.loading import local_model_dir
     from app.logs import configure_logging
     from app.main import create_app
     from app.server import DrainingServer
@@ -139,8 +139,8 @@ def serve(settings: Settings, allocator: str) -> int:
     logging.getLogger("app.cli").info("memory allocator: %s", allocator)
     if settings.log_format == "json":  # progress bars would break the one-object-per-line log
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        resolve_model_dir(settings.model, settings.hf_cache_dir)
+    try:  # a mistyped path fails at once; a hub download happens after the listener is up
+        local_model_dir(settings.model)
     except ModelUnavailable as exc:
         print(f"reranker: {exc}", file=sys.stderr)
         return 2
@@ -168,7 +168,7 @@ def serve(settings: Settings, allocator: str) -> int:
     server.run()
     if failure:
         print(f"reranker: {failure[0]}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(failure[0], ModelUnavailable) else 1
     return 0
 
 

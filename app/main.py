@@ -24,8 +24,9 @@ def create_app(
     loader: Loader = default_loader,
     on_fatal: Callable[[BaseException], None] | None = None,
 ) -> FastAPI:
-    """A ready-to-serve app. The model loads in the background after start-up, so /health
-    answers at once and /ready turns 200 when the model is loaded and warmed up."""
+    """A ready-to-serve app. The model is downloaded (when a hub id is not cached yet), loaded
+    and warmed up in the background once the listener is up: /health answers 200 at once,
+    /ready 503 until the model is ready; a download or load failure stops the server."""
     metrics = Metrics()
     runtime = Runtime(settings, metrics, loader=loader, on_fatal=on_fatal)
 

@@ -41,16 +41,25 @@ class LoadedModel:
     """GFLOP/s of a matmul at the model's shapes per candidate dtype, when `auto` timed them."""
 
 
-def resolve_model_dir(model: str, cache_dir: str | None = None) -> Path:
-    """A local directory as is; otherwise the hub snapshot, from the cache or downloaded.
-
-    Raises ModelUnavailable with a one-line, actionable message when neither works.
-    """
+def local_model_dir(model: str) -> Path | None:
+    """The directory `model` names, None for a hub id; raises ModelUnavailable at once (no
+    network) for a path that does not exist."""
     path = Path(model).expanduser()
     if path.is_dir():
         return path
     if path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1:
         raise ModelUnavailable(f"model directory {model!r} does not exist")
+    return None
+
+
+def resolve_model_dir(model: str, cache_dir: str | None = None) -> Path:
+    """A local directory as is; otherwise the hub snapshot, from the cache or downloaded.
+
+    Raises ModelUnavailable with a one-line, actionable message when neither works.
+    """
+    local = local_model_dir(model)
+    if local is not None:
+        return local
     from huggingface_hub import snapshot_download
 
     def fetch(local_only: bool, patterns: list[str]) -> Path:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -40,7 +42,8 @@ def test_help_documents_every_flag_and_its_env_twin() -> None:
     [("nobody/no-such-reranker", "could not be downloaded"), ("./no/such/dir", "does not exist")],
 )
 def test_a_missing_model_exits_with_one_clear_line(model: str, needle: str) -> None:
-    result = _run("serve", "--model", model, env={"HF_HUB_OFFLINE": "1"})
+    result = _run("serve", "--model", model, "--host", "127.0.0.1", "--port", str(free_port()),
+                  env={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     [line] = [x for x in result.stderr.splitlines() if x.startswith("reranker:")]
@@ -78,10 +81,10 @@ def test_readme_quickstart_works(tmp_path: Path) -> None:
         assert server.wait(30) == 0
 
 
-def test_an_unloadable_model_stops_the_server_with_status_1(tmp_path: Path) -> None:
+def test_an_unloadable_model_stops_the_server_with_status_2(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"model_type": "gpt2", "num_labels": 1}')
     result = _run("serve", "--model", str(tmp_path), "--port", str(free_port()), timeout=60)
-    assert result.returncode == 1
+    assert result.returncode == 2
     last = result.stderr.splitlines()[-1]
     assert last.startswith("reranker: ") and str(tmp_path) in last
     assert "Traceback" not in result.stderr
@@ -152,3 +155,36 @@ def test_a_client_cannot_forge_a_text_log_line(xlmr_dir: str) -> None:
     assert not any(line.lstrip().startswith("2026-01-01") for line in stderr.splitlines())
     [line] = [x for x in stderr.splitlines() if "forged" in x]
     assert "\\x0a2026-01-01" in line and "\\x0d\\x1b[31m" in line
+
+
+def test_the_listener_is_up_while_the_model_downloads(tmp_path: Path) -> None:
+    """A hub that accepts connections and never answers: the download hangs, and meanwhile
+    /health is 200 and /ready 503, which is what Kubernetes probes need."""
+    with socket.socket() as hub:
+        hub.bind(("127.0.0.1", 0))
+        hub.listen(16)
+        port = free_port()
+        proc = subprocess.Popen(
+            [*RERANKER, "serve", "--model", "someone/some-reranker", "--host", "127.0.0.1",
+             "--port", str(port), "--hf-cache-dir", str(tmp_path)],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{hub.getsockname()[1]}",
+                 "HF_HUB_ETAG_TIMEOUT": "60", "HF_HUB_DOWNLOAD_TIMEOUT": "60"},
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                try:
+                    health = httpx.get(f"{url}/health")
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, "the listener never came up"
+                    time.sleep(0.1)
+            ready = httpx.get(f"{url}/ready")
+            assert health.status_code == 200
+            assert ready.status_code == 503 and ready.json()["status"] == "starting"
+        finally:
+            proc.kill()
+            proc.wait(30)
