@@ -1,4 +1,11 @@
-"""The model's own long-document rule: overlapping windows, last one right-aligned (MODEL.md)."""
+"""The model's own long-document rule, as jina-reranker-v2's reference code applies it.
+
+With P = max_length - len(query_ids) - 2 document tokens per window and an overlap of
+min(80, P // 4), the document's tokens are cut into windows of P stepping by P - overlap, the
+last window right-aligned on the document's end; a document of at most P tokens is one window
+(an empty one too). Each window is scored as query + separator + window + separator, and the
+document's score is the maximum over its windows.
+"""
 
 from __future__ import annotations
 

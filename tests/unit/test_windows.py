@@ -1,4 +1,5 @@
-"""The long-document rule of MODEL.md, checked against hand-worked cases and invariants."""
+"""The long-document rule (app/engine/windows.py), checked against hand-worked cases and
+invariants."""
 
 from __future__ import annotations
 
