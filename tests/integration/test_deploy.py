@@ -42,12 +42,22 @@ def _render(overlay: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
-@pytest.mark.parametrize("overlay", ["gpu", "cpu"])
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and selector.items() <= labels.items()
+
+
+# Every overlay, and the image tag it deploys. gpu-servicemonitor adds the optional
+# ServiceMonitor component, which the base leaves out so that it applies without the operator.
+OVERLAYS = {"gpu": "gpu", "cpu": "cpu", "gpu-servicemonitor": "gpu"}
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
 def test_kustomize_overlays_render_and_validate(overlay: str, tmp_path: Path) -> None:
     docs = _render(overlay)
     kinds = {d["kind"] for d in docs}
-    assert kinds == {"Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler",
-                     "ServiceMonitor"}
+    base_kinds = {"Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"}
+    monitored = overlay.endswith("-servicemonitor")
+    assert kinds == (base_kinds | {"ServiceMonitor"} if monitored else base_kinds)
     rendered = tmp_path / f"{overlay}.yaml"
     rendered.write_text(yaml.safe_dump_all(docs))
     validate = shutil.which("kubernetes-validate") or str(ROOT / ".venv/bin/kubernetes-validate")
@@ -56,9 +66,12 @@ def test_kustomize_overlays_render_and_validate(overlay: str, tmp_path: Path) ->
     assert result.returncode == 0, result.stdout + result.stderr
 
     by_kind = {d["kind"]: d for d in docs}
-    pod = by_kind["Deployment"]["spec"]["template"]["spec"]
+    deployment = by_kind["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     container = pod["containers"][0]
-    assert container["image"] == f"reranker:{overlay}"
+    device = OVERLAYS[overlay]
+    assert container["image"] == f"reranker:{device}"
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
     startup = container["startupProbe"]
@@ -68,15 +81,36 @@ def test_kustomize_overlays_render_and_validate(overlay: str, tmp_path: Path) ->
     assert pod["terminationGracePeriodSeconds"] >= grace + 10  # preStop pause + drain
     assert "preStop" in container["lifecycle"]
     gpus = container["resources"]["limits"].get("nvidia.com/gpu")
-    assert (gpus == 1) == (overlay == "gpu")
-    assert env["RERANKER_DEVICE"] == ("cuda" if overlay == "gpu" else "cpu")
+    assert (gpus == 1) == (device == "gpu")
+    assert env["RERANKER_DEVICE"] == ("cuda" if device == "gpu" else "cpu")
 
-    service, monitor = by_kind["Service"], by_kind["ServiceMonitor"]
-    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
-    selector = monitor["spec"]["selector"]["matchLabels"]
-    assert selector.items() <= service["metadata"]["labels"].items()
-    hpa = by_kind["HorizontalPodAutoscaler"]["spec"]["metrics"][0]
-    assert hpa["pods"]["metric"]["name"] == "reranker_in_flight_requests"
+    # The HPA owns the replica count: a `replicas` in the Deployment would reset it on every
+    # re-apply.
+    hpa = by_kind["HorizontalPodAutoscaler"]["spec"]
+    assert hpa["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert "replicas" not in deployment["spec"]
+    assert hpa["minReplicas"] >= 2
+    assert hpa["metrics"][0]["pods"]["metric"]["name"] == "reranker_in_flight_requests"
+
+    service = by_kind["Service"]
+    assert _selects(service["spec"]["selector"], pod_labels)
+    assert _selects(deployment["spec"]["selector"]["matchLabels"], pod_labels)
+    pdb = by_kind["PodDisruptionBudget"]["spec"]
+    assert _selects(pdb["selector"]["matchLabels"], pod_labels)  # no selector guards no pod
+    if monitored:
+        monitor = by_kind["ServiceMonitor"]["spec"]
+        assert monitor["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+        assert _selects(monitor["selector"]["matchLabels"], service["metadata"]["labels"])
+
+
+def test_servicemonitor_is_an_optional_component() -> None:
+    """Only overlays that name the component get the operator's kind; the base applies anywhere."""
+    component = DEPLOY / "kubernetes/components/servicemonitor"
+    assert yaml.safe_load((component / "kustomization.yaml").read_text())["kind"] == "Component"
+    base = yaml.safe_load((DEPLOY / "kubernetes/base/kustomization.yaml").read_text())
+    for resource in base["resources"]:
+        doc = yaml.safe_load((DEPLOY / "kubernetes/base" / resource).read_text())
+        assert not doc["apiVersion"].startswith("monitoring.coreos.com/"), resource
 
 
 def test_promtool_accepts_config_and_rules() -> None:
