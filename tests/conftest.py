@@ -113,8 +113,7 @@ class LiveServer:
 ServerFactory = Callable[..., LiveServer]
 
 
-@pytest.fixture(scope="session")
-def server_factory() -> Iterator[ServerFactory]:
+def _factory() -> tuple[ServerFactory, list[LiveServer]]:
     started: list[LiveServer] = []
 
     def make(model: str, loader: Loader = default_loader, wait_ready: bool = True,
@@ -124,24 +123,49 @@ def server_factory() -> Iterator[ServerFactory]:
         started.append(server)
         return server
 
+    return make, started
+
+
+@pytest.fixture()
+def server_factory() -> Iterator[ServerFactory]:
+    """Servers with a test's own settings, stopped when the test ends."""
+    make, started = _factory()
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_servers() -> Iterator[ServerFactory]:
+    """Servers that one test module's tests share, stopped when the module ends."""
+    make, started = _factory()
     yield make
     for server in started:
         server.stop()
 
 
 @pytest.fixture(scope="session")
-def xlmr_server(server_factory: ServerFactory, xlmr_dir: str) -> LiveServer:
-    return server_factory(xlmr_dir, served_model_name="test-xlmr")
+def shared_servers() -> Iterator[ServerFactory]:
+    """The few servers many tests share (one per test model), stopped at the end."""
+    make, started = _factory()
+    yield make
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
-def bert_server(server_factory: ServerFactory, bert_dir: str) -> LiveServer:
-    return server_factory(bert_dir, served_model_name="test-bert")
+def xlmr_server(shared_servers: ServerFactory, xlmr_dir: str) -> LiveServer:
+    return shared_servers(xlmr_dir, served_model_name="test-xlmr")
 
 
 @pytest.fixture(scope="session")
-def jina_server(server_factory: ServerFactory, jina_dir: str) -> LiveServer:
-    return server_factory(jina_dir, served_model_name="test-jina")
+def bert_server(shared_servers: ServerFactory, bert_dir: str) -> LiveServer:
+    return shared_servers(bert_dir, served_model_name="test-bert")
+
+
+@pytest.fixture(scope="session")
+def jina_server(shared_servers: ServerFactory, jina_dir: str) -> LiveServer:
+    return shared_servers(jina_dir, served_model_name="test-jina")
 
 
 @pytest.fixture()

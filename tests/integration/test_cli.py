@@ -18,6 +18,8 @@ from app.allocator import find_tcmalloc
 from app.cli import _SERVE_FLAGS
 from tests.cli_server import RERANKER, ROOT, free_port, spawn_server
 
+pytestmark = pytest.mark.slow
+
 
 def _run(
     *args: str, env: dict[str, str] | None = None, timeout: float = 120

@@ -26,8 +26,11 @@ def _random_request(rng: random.Random) -> dict[str, object]:
 async def test_fifty_concurrent_requests_get_their_own_scores(
     server_factory: ServerFactory, xlmr_dir: str
 ) -> None:
-    # A long max wait makes the scheduler gather items from many requests into one batch.
-    server = server_factory(xlmr_dir, max_wait_ms=50, max_batch_tokens=4096)
+    # A long max wait makes the scheduler gather items from many requests into one batch; a
+    # long queue-time limit admits all fifty however busy the machine (admission has its own
+    # tests: this one is about each request getting its own scores).
+    server = server_factory(xlmr_dir, max_wait_ms=50, max_batch_tokens=4096,
+                            max_queue_time_s=60)
     rng = random.Random(7)
     requests = [_random_request(rng) for _ in range(50)]
     batches_before = server.metric("reranker_batch_requests_count")
@@ -58,17 +61,18 @@ async def test_a_huge_documents_tokenization_does_not_hold_up_small_requests(
     big = {"query": "red planet", "documents": [" ".join(WORDS) * 12_000]}
     small = {"query": "red planet", "documents": ["mars is red", "venus is hot"]}
     async with httpx.AsyncClient(base_url=xlmr_server.url, timeout=120) as client:
+        sent = time.perf_counter()
         big_call = asyncio.ensure_future(client.post("/v1/rerank", json=big))
         await asyncio.sleep(0.1)  # the big one is being tokenized now
-        latencies = []
+        answered = []
         for _ in range(3):
-            t0 = time.perf_counter()
             r = await client.post("/v1/rerank", json=small)
             assert r.status_code == 200
-            latencies.append(time.perf_counter() - t0)
+            answered.append(time.perf_counter())
         big_response = await big_call
     assert big_response.status_code == 200
     big_tokenization_s = float(big_response.headers["x-tokenization-time"]) / 1000
     assert big_tokenization_s > 0.3, "the big request must tokenize long enough to matter"
-    # Queued behind it, the first small request would have waited most of that time.
-    assert max(latencies) < big_tokenization_s / 2, (latencies, big_tokenization_s)
+    # Order, not a time limit: had they queued behind it, none could be answered before the
+    # big one's tokenization ended.
+    assert answered[0] < sent + big_tokenization_s, (answered, sent, big_tokenization_s)

@@ -27,6 +27,8 @@ from dockerfile_parse import DockerfileParser
 
 from tests.conftest import LiveServer
 
+pytestmark = pytest.mark.deploy
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 

@@ -19,8 +19,8 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
-def server(server_factory: ServerFactory, xlmr_dir: str) -> LiveServer:
-    return server_factory(xlmr_dir, served_model_name="jina-reranker-v2-base-multilingual",
+def server(module_servers: ServerFactory, xlmr_dir: str) -> LiveServer:
+    return module_servers(xlmr_dir, served_model_name="jina-reranker-v2-base-multilingual",
                           api_keys=[KEY])
 
 

@@ -17,8 +17,8 @@ KEY = "example-key"
 
 
 @pytest.fixture(scope="module")
-def server(server_factory: ServerFactory, xlmr_dir: str) -> LiveServer:
-    return server_factory(xlmr_dir, api_keys=[KEY])
+def server(module_servers: ServerFactory, xlmr_dir: str) -> LiveServer:
+    return module_servers(xlmr_dir, api_keys=[KEY])
 
 
 def _run(server: LiveServer, *cmd: str) -> str:

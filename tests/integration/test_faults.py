@@ -66,7 +66,9 @@ def test_a_hung_forward_answers_504_at_the_deadline_and_drops_queued_work(
         )
         elapsed = time.monotonic() - t0
         assert r.status_code == 504 and "deadline" in r.json()["detail"]
-        assert 0.45 < elapsed < 1.5
+        assert elapsed >= 0.5  # never before the deadline
+        # and not after the hung forward: it is still running (it logs when it ends)
+        assert not any(hang_marker in x for ids, _ in made[0].log for x in ids)
         time.sleep(2.2)  # the hung batch ends; nothing else of that request reaches the model
         r = c.post("/v1/rerank", json={"query": "fine", "documents": ["a", "b"]})
         assert r.status_code == 200

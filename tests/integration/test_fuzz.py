@@ -3,6 +3,7 @@ responses match their declared schemas and content types."""
 
 from __future__ import annotations
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
@@ -13,6 +14,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.conftest import LiveServer
+
+pytestmark = pytest.mark.slow
 
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
 EXAMPLES = 80  # per route and mode: about 20 s here, well inside CI's budget

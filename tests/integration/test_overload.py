@@ -60,7 +60,9 @@ async def test_burst_past_capacity(server_factory: ServerFactory, xlmr_dir: str)
     assert all(int(ra) >= 1 for s, _, ra in answered if s == 429)
     assert max(t for _, t, _ in answered) < 20  # within the deadline asked for
     assert rss_after - rss_before < 200, (rss_before, rss_after)
-    assert recovered < 3 * baseline + 0.1, (baseline, recovered)
+    # back to normal: nothing left queued, and every request after the burst served at once
+    # (no 429: the queue-time prediction has drained); how fast is bench/burst.py's figure
+    assert [s for s, _, _ in after] == [200] * len(after)
     assert server.metric("reranker_queue_items") == 0
     print(f"burst of {BURST}: {statuses.count(200)} x 200, {statuses.count(429)} x 429 in"
           f" {burst_s:.2f} s; p50 latency before {baseline * 1000:.0f} ms, after"

@@ -8,9 +8,12 @@ import signal
 import time
 
 import httpx
+import pytest
 
 from tests.cli_server import spawn_server
 from tests.conftest import ServerFactory
+
+pytestmark = pytest.mark.slow
 
 
 def test_begin_shutdown_turns_ready_and_new_requests_503(
