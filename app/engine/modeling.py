@@ -118,11 +118,19 @@ class Layer(nn.Module):
         self.norm2 = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
 
     def forward(self, x: torch.Tensor, batch: PackedBatch, path: AttentionPath) -> torch.Tensor:
+        # In-place ops on the fresh outputs of each linear: the same arithmetic (a + b is
+        # b + a exactly), but no new [tokens, 3072] buffer per op, which on a CPU costs page
+        # faults each time (GELU in place ran ~40% faster).
         qkv = self.Wqkv(x).view(x.shape[0], 3, self.num_heads, -1)
         attn = attention(qkv, batch, path).reshape(x.shape)
-        x = self.norm1(x + self.out_proj(attn))
-        mlp = self.fc2(F.gelu(self.fc1(x), approximate=self.gelu_approximate))
-        out: torch.Tensor = self.norm2(x + mlp)
+        h = self.out_proj(attn)
+        h += x
+        x = self.norm1(h)
+        mlp = self.fc1(x)
+        torch.ops.aten.gelu_(mlp, approximate=self.gelu_approximate)
+        h = self.fc2(mlp)
+        h += x
+        out: torch.Tensor = self.norm2(h)
         return out
 
 
@@ -182,7 +190,8 @@ def attention(qkv: torch.Tensor, batch: PackedBatch, path: AttentionPath) -> tor
     if path == "sdpa-per-sequence":
         out = qkv.new_empty(qkv.shape[0], *qkv.shape[2:])
         for start, end in batch.spans:
-            q, k, v = qkv[start:end].permute(1, 2, 0, 3).unsqueeze(1)
+            # head-major and contiguous: the CPU flash kernel runs ~12% faster on it
+            q, k, v = qkv[start:end].permute(1, 2, 0, 3).contiguous().unsqueeze(1)
             out[start:end] = F.scaled_dot_product_attention(q, k, v)[0].transpose(0, 1)
         return out
     padded = qkv.new_zeros(n_seqs, batch.max_seqlen, *qkv.shape[1:])
