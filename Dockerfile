@@ -14,8 +14,8 @@
 # major.minor (13.0.2 -> https://download.pytorch.org/whl/cu130). torch 2.13.0 is published for
 # cu126 and cu130 (stable) and cu132 (experimental); the PyPI `torch==2.13.0` wheel is the cu130
 # build. That index was not reachable from where this file was written; the pairs are the ones
-# PyTorch's release compatibility matrix lists for 2.13. The driver each needs: README,
-# "Docker on a GPU host".
+# PyTorch's release compatibility matrix lists for 2.13. The driver each needs:
+# docs/deployment.md, "Docker on a GPU host".
 ARG CUDA_VERSION=13.0.2
 ARG UBUNTU=ubuntu24.04
 ARG CPU_BASE=python:3.12-slim-bookworm
