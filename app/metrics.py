@@ -105,6 +105,11 @@ class Metrics:
         self.worker_restarts = Counter(
             "reranker_worker_restarts", "Device worker threads restarted after dying.", registry=r
         )
+        self.devices_out_of_service = Counter(
+            "reranker_devices_out_of_service",
+            "Devices taken out of service after an error that breaks them (a sticky CUDA error).",
+            registry=r,
+        )
         self.queue_capacity = Gauge(
             "reranker_queue_capacity", "Items the queue holds before answering 429 (max_queue).",
             registry=r,

@@ -175,9 +175,19 @@ class Runtime:
         self.metrics.ready.set(1 if phase == "ready" else 0)
 
     async def _supervise(self) -> None:
-        """Restart dead workers; after MAX_WORKER_DEATHS in DEATH_WINDOW_S, give up."""
+        """Restart dead workers; after MAX_WORKER_DEATHS in DEATH_WINDOW_S, give up. A worker
+        whose device broke is not restarted: the device leaves service, and with no device
+        left the process gives up (a fresh process gets a fresh CUDA context)."""
         while self.phase in ("ready", "recovering"):
             await asyncio.sleep(SUPERVISE_EVERY_S)
+            self._retire_broken()
+            if not self._workers:
+                log.critical("no device left in service; giving up so the orchestrator"
+                             " restarts the process")
+                self._set_phase("failed")
+                if self._on_fatal is not None:
+                    self._on_fatal(RuntimeError("every device failed with a CUDA error"))
+                return
             for i, worker in enumerate(self._workers):
                 if worker.alive or self.phase not in ("ready", "recovering"):
                     continue
@@ -201,6 +211,17 @@ class Runtime:
                 log.warning("restarted the worker on %s", worker.scorer.device)
             if self.phase == "recovering" and all(w.alive for w in self._workers):
                 self._set_phase("ready")
+
+    def _retire_broken(self) -> None:
+        broken = [w for w in self._workers if w.broken is not None and not w.alive]
+        if not broken:
+            return
+        self._workers = [w for w in self._workers if w not in broken]
+        for worker in broken:
+            self.metrics.devices_out_of_service.inc()
+            log.error("%s taken out of service: %r", worker.scorer.device, worker.broken)
+        if self._scheduler is not None:
+            self._scheduler.workers = max(1, len(self._workers))
 
     def begin_shutdown(self) -> None:
         """Called on SIGTERM: readiness and new requests answer 503 from now on."""

@@ -17,7 +17,12 @@ from typing import Any
 import numpy as np
 
 from app.batching.scheduler import Batch, Item, Scheduler
-from app.engine.backends import Scorer, is_out_of_memory, release_cached_memory
+from app.engine.backends import (
+    Scorer,
+    is_device_broken,
+    is_out_of_memory,
+    release_cached_memory,
+)
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -30,7 +35,10 @@ Prepared = tuple[Batch, Any, BaseException | None]
 class Worker:
     """Runs batches on one scorer. A failing forward fails its batch; a split is tried first
     when the device ran out of memory. If the thread itself dies, the batches in hand are
-    failed and `alive` turns False for the runtime's supervisor to notice."""
+    failed and `alive` turns False for the runtime's supervisor to notice. After an error that
+    breaks the device (a sticky CUDA error), the worker fails that batch, hands the one it had
+    prepared back to the scheduler and stops for good: `broken` tells the supervisor not to
+    restart it."""
 
     def __init__(
         self, scheduler: Scheduler, scorer: Scorer, metrics: Metrics, trace: Trace | None = None
@@ -44,6 +52,8 @@ class Worker:
         self._ready: queue.SimpleQueue[Prepared | None] = queue.SimpleQueue()
         self._handoff = threading.Lock()
         self._dead = False
+        self.broken: BaseException | None = None
+        """The error that took the device out of service, if one did."""
         self._thread = threading.Thread(
             target=self._run, name=f"reranker-worker-{scorer.device}", daemon=True
         )
@@ -95,7 +105,7 @@ class Worker:
         current: Batch | None = None
         self._go.release()
         try:
-            while (ready := self._ready.get()) is not None:
+            while self.broken is None and (ready := self._ready.get()) is not None:
                 current, prepared, error = ready
                 self._go.release()  # the next batch is packed while this one runs
                 if error is None and self.scheduler.overtaken(current):
@@ -117,12 +127,16 @@ class Worker:
             log.critical("worker on %s died: %r", self.scorer.device, exc)
             if current is not None:
                 self.scheduler.fail(current)
-            with self._handoff:
-                self._dead = True
-                while not self._ready.empty():
-                    orphan = self._ready.get()
-                    if orphan is not None:
-                        self.scheduler.requeue(orphan[0])
+        self._hand_back()
+
+    def _hand_back(self) -> None:
+        """The batch already prepared for this worker goes back to the scheduler."""
+        with self._handoff:
+            self._dead = True
+            while not self._ready.empty():
+                orphan = self._ready.get()
+                if orphan is not None:
+                    self.scheduler.requeue(orphan[0])
 
     def _failed(self, batch: Batch, exc: Exception) -> None:
         log.error(
@@ -141,6 +155,10 @@ class Worker:
             logits = self._forward(batch.items, prepared)
         except Exception as exc:
             self._failed(batch, exc)
+            if is_device_broken(exc):
+                log.critical("%s is out of service after %r; its work goes to the other"
+                             " devices", self.scorer.device, exc)
+                self.broken = exc
             return
         ended = time.perf_counter()
         if self._trace is not None:
@@ -153,25 +171,27 @@ class Worker:
         self.scheduler.complete(batch, logits, started, ended)
 
     def _forward(self, items: Sequence[Item], prepared: Any) -> np.ndarray:
+        """Out of memory: release cached blocks, halve the budget (once per batch, however
+        deep the splitting goes), and score the halves one after the other.
+
+        The retry happens after the `except` block is left: inside it, the exception's
+        traceback would keep every tensor of the failed forward alive through the retries,
+        and emptying the cache would free nothing (PyTorch's FAQ pattern)."""
         try:
             return self.scorer.run(prepared)
         except Exception as exc:
-            return self._split(items, exc)
+            if len(items) == 1 or not is_out_of_memory(exc):
+                raise
+        budget = self.scheduler.back_off()
+        log.warning(
+            "out of memory on %s with %d pairs: splitting the batch in halves;"
+            " token budget %d for the next 60 s", self.scorer.device, len(items), budget,
+        )
+        return self._halves(items)
 
-    def _split(self, items: Sequence[Item], exc: Exception, backed_off: bool = False
-               ) -> np.ndarray:
-        """Out of memory: release cached blocks, halve the budget (once per batch, however
-        deep the splitting goes), and score the halves one after the other."""
-        if len(items) == 1 or not is_out_of_memory(exc):
-            raise exc
-        release_cached_memory()
+    def _halves(self, items: Sequence[Item]) -> np.ndarray:
         self._metrics.out_of_memory.inc()
-        if not backed_off:
-            budget = self.scheduler.back_off()
-            log.warning(
-                "out of memory on %s with %d pairs: splitting the batch in halves;"
-                " token budget %d for the next 60 s", self.scorer.device, len(items), budget,
-            )
+        release_cached_memory()
         half = len(items) // 2
         return np.concatenate([self._score(items[:half]), self._score(items[half:])])
 
@@ -179,4 +199,6 @@ class Worker:
         try:
             return self.scorer.score([it.ids for it in items], [it.split for it in items])
         except Exception as exc:
-            return self._split(items, exc, backed_off=True)
+            if len(items) == 1 or not is_out_of_memory(exc):
+                raise
+        return self._halves(items)

@@ -81,8 +81,27 @@ class TransformersScorer:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """A device allocation failure (worth retrying with a smaller batch)."""
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    """A device allocation failure (worth retrying with a smaller batch). cuBLAS reports its
+    own allocation failures as CUBLAS_STATUS_ALLOC_FAILED, not as an out-of-memory error."""
+    text = str(exc)
+    return (isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text.lower()
+            or "CUBLAS_STATUS_ALLOC_FAILED" in text)
+
+
+_STICKY_CUDA_ERRORS = ("CUDA error", "device-side assert", "illegal memory access",
+                       "CUDA_ERROR_", "unspecified launch failure")
+
+
+def is_device_broken(exc: BaseException) -> bool:
+    """A CUDA error that leaves the device's context unusable (a device-side assert, an
+    illegal memory access...): every later call on that device fails too. Out of memory is
+    not one of them."""
+    if is_out_of_memory(exc):
+        return False
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(exc, accelerator_error):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _STICKY_CUDA_ERRORS)
 
 
 def release_cached_memory() -> None:

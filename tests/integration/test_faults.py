@@ -152,3 +152,28 @@ def test_an_unexpected_error_is_a_generic_500_that_keeps_the_request_id(
             assert "secret" not in r.text and r.json()["detail"]
             assert c.post(route, json={"query": "red", field: ["Mars"]}).status_code == 200
     assert server.metric("reranker_failures_total", {"reason": "internal"}) == 3
+
+
+async def test_a_sticky_cuda_error_takes_the_only_device_out_and_stops_the_process(
+    server_factory: ServerFactory, xlmr_dir: str
+) -> None:
+    loader, made = wrapping_loader(
+        lambda s: WrappedScorer(
+            s, fail_if=lambda ids: False,
+            error=lambda: RuntimeError("CUDA error: an illegal memory access was encountered"),
+        )
+    )
+    server = server_factory(xlmr_dir, loader=loader)
+    marker = server.runtime.loaded_model.encoder.encode_query("Saturn")[1]
+    made[0].fail_if = _contains(marker)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        r = await client.post("/v1/rerank", json={"query": "Saturn", "documents": ["a"]})
+        assert r.status_code == 500
+        deadline = time.monotonic() + 10
+        while not server.fatal:  # the orchestrator is asked to restart the process
+            assert time.monotonic() < deadline, "the broken device was kept in service"
+            await asyncio.sleep(0.05)
+        assert (await client.get("/ready")).status_code == 503
+    assert "CUDA" in str(server.fatal[0])
+    assert server.metric("reranker_devices_out_of_service_total") == 1
+    assert server.metric("reranker_worker_restarts_total") == 0  # not restarted: it is broken
