@@ -122,7 +122,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends python3 curl li
     && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin reranker \
     && mkdir -p /models && chown 10001:10001 /models
 COPY --from=gpu-build --chown=10001:10001 /app /app
-ENV HF_HOME=/models RERANKER_PORT=8080 RERANKER_DEVICE=auto
+# cuda, not auto: on a host whose driver is too old for the wheel's CUDA, the container stops
+# with one line naming both, instead of serving from the CPU. Mixed fleets: RERANKER_DEVICE=auto.
+ENV HF_HOME=/models RERANKER_PORT=8080 RERANKER_DEVICE=cuda
 ARG BAKE_MODEL=
 RUN if [ -n "$BAKE_MODEL" ]; then \
         /app/.venv/bin/python -c "import sys; from app.engine.loading import resolve_model_dir; print(resolve_model_dir(sys.argv[1]))" "$BAKE_MODEL" \

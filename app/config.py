@@ -37,8 +37,9 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N[,cuda:M...]")
     dtype: Dtype = Field(
         "auto",
-        description="auto = bfloat16 on CUDA; on CPU the faster of float32 and bfloat16, timed at"
-        " start-up on the model's shapes.",
+        description="auto = bfloat16 on GPUs with native bf16 (compute capability >= 8.0),"
+        " float16 below; on CPU the faster of float32 and bfloat16, timed at start-up on the"
+        " model's shapes.",
     )
     backend: Backend = Field(
         "auto",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,28 +130,52 @@ def probe_cpu_dtype(config: dict[str, Any]) -> tuple[str, dict[str, float]]:
 
 
 def resolve_devices(device: str) -> list[str]:
+    """`auto`: every visible GPU, else the CPU. An explicit CUDA device must exist: asked for
+    and missing (an old driver, a wrong index) is one line at start-up, never a silent CPU."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        available = torch.cuda.is_available()
     if device == "auto":
-        if torch.cuda.is_available():
+        if available:
             return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
         return ["cpu"]
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelUnavailable(f"--device {device} asked for CUDA but no CUDA device is visible")
-    if device == "cuda":
-        return ["cuda:0"]
-    return device.split(",")
+    if not device.startswith("cuda"):
+        return device.split(",")
+    if not available:
+        why = "; ".join(str(w.message).strip().splitlines()[0] for w in caught) or (
+            "no NVIDIA driver or device found")
+        raise ModelUnavailable(
+            f"--device {device} asked for CUDA, but this torch build (CUDA {torch.version.cuda})"
+            f" sees no device: {why}. Check the driver with nvidia-smi (docs/deployment.md lists"
+            " the minimum driver per CUDA version), or pass --device auto to fall back to CPU"
+        )
+    wanted = ["cuda:0"] if device == "cuda" else device.split(",")
+    count = torch.cuda.device_count()
+    missing = [d for d in wanted if int(d.split(":")[1]) >= count]
+    if missing:
+        visible = ", ".join(f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(count))
+        raise ModelUnavailable(f"--device {device}: {', '.join(missing)} does not exist; the"
+                               f" visible devices are {visible}")
+    return wanted
+
+
+BF16_CAPABILITY = (8, 0)
+"""Native bfloat16 from Ampere on; T4 and V100 emulate it slowly, so `auto` takes float16."""
 
 
 def resolve_dtype(
     dtype: str, devices: list[str], config: dict[str, Any]
 ) -> tuple[str, dict[str, float] | None]:
     """The dtype to load in, and the probe's figures when `auto` measured them (CPU only:
-    on CUDA, bfloat16 is the choice without a probe)."""
+    on CUDA, bfloat16 where every device has it natively, float16 otherwise; LayerNorm and
+    softmax keep float32 statistics either way)."""
     if dtype != "auto":
         if dtype == "float16" and devices == ["cpu"]:
             raise ModelUnavailable("--dtype float16 is for CUDA; on CPU use bfloat16 or float32")
         return dtype, None
     if devices[0].startswith("cuda"):
-        return "bfloat16", None
+        native_bf16 = all(torch.cuda.get_device_capability(d) >= BF16_CAPABILITY for d in devices)
+        return ("bfloat16" if native_bf16 else "float16"), None
     return probe_cpu_dtype(config)
 
 
@@ -238,7 +263,9 @@ def load_native(
             net = CrossEncoder(cfg)
         net.load_state_dict({k: native[k] for k in expected}, strict=True, assign=True)
         net.to(device=dev, dtype=_DTYPES[dtype]).eval()
-        scorers.append(NativeScorer(net, dev, checked_attention(dev, _DTYPES[dtype])))
+        head_dim = cfg.hidden_size // cfg.num_heads
+        path = checked_attention(dev, _DTYPES[dtype], cfg.num_heads, head_dim)
+        scorers.append(NativeScorer(net, dev, path))
     return scorers
 
 

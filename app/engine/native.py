@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.util
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -15,41 +17,65 @@ from app.engine.modeling import AttentionPath, CrossEncoder, PackedBatch, attent
 log = logging.getLogger(__name__)
 
 
-def pick_attention(device: str, dtype: torch.dtype) -> AttentionPath:
-    """The fastest exact attention for the device: see app/engine/modeling.py."""
+FUSED: tuple[AttentionPath, ...] = ("flash-attn-varlen", "torch-varlen")
+_KERNEL_MODULE = {"flash-attn-varlen": "flash_attn", "torch-varlen": "torch.nn.attention.varlen"}
+
+SelfCheck = Callable[[AttentionPath], None]
+
+
+def attention_candidates(device: str, dtype: torch.dtype) -> list[AttentionPath]:
+    """The exact attention paths for the device, fastest first: see app/engine/modeling.py."""
     if not device.startswith("cuda"):
-        return "sdpa-per-sequence"
-    if dtype in (torch.float16, torch.bfloat16):
-        if importlib.util.find_spec("flash_attn") is not None:
-            return "flash-attn-varlen"
-        if importlib.util.find_spec("torch.nn.attention.varlen") is not None:
-            return "torch-varlen"
+        return ["sdpa-per-sequence"]
+    fused = list(FUSED) if dtype in (torch.float16, torch.bfloat16) else []
+    return [*fused, "sdpa-padded"]
+
+
+def pick_attention(device: str, dtype: torch.dtype) -> AttentionPath:
+    """The first candidate whose kernel is installed (not yet imported or checked)."""
+    for path in attention_candidates(device, dtype):
+        module = _KERNEL_MODULE.get(path)
+        if module is None or importlib.util.find_spec(module) is not None:
+            return path
     return "sdpa-padded"
 
 
-def checked_attention(device: str, dtype: torch.dtype) -> AttentionPath:
-    """`pick_attention`, but a fused kernel must first agree with padded SDPA on random input;
-    one that fails or disagrees (an incompatible build, say) is logged and not used."""
-    path = pick_attention(device, dtype)
-    if path not in ("flash-attn-varlen", "torch-varlen"):
+def checked_attention(
+    device: str, dtype: torch.dtype, heads: int, head_dim: int,
+    check: SelfCheck | None = None,
+) -> AttentionPath:
+    """The first candidate whose kernel imports and agrees with padded SDPA on random input
+    of the model's own head count and head size (a head size the kernel rejects fails here,
+    not on every batch). One that is installed but broken (the usual undefined-symbol ABI
+    mismatch of a flash-attn build) is logged and the next one tried."""
+    run_check = check or functools.partial(_self_check, device, dtype, heads, head_dim)
+    for path in attention_candidates(device, dtype):
+        if path not in FUSED:
+            return path
+        try:
+            importlib.import_module(_KERNEL_MODULE[path])
+            run_check(path)
+        except Exception as exc:
+            log.warning("attention path %s is not usable here (%s); trying the next one",
+                        path, exc)
+            continue
         return path
+    return "sdpa-padded"
+
+
+def _self_check(device: str, dtype: torch.dtype, heads: int, head_dim: int,
+                path: AttentionPath) -> None:
     generator = torch.Generator().manual_seed(0)
-    lengths = [[1, 37, 200], [64, 64]]
-    try:
-        for case in lengths:
-            batch = pack(
-                [[5] * n for n in case], [1] * len(case), position_offset=0, token_types=False,
-                device=torch.device(device),
-            )
-            qkv = torch.randn(sum(case), 3, 4, 64, generator=generator).to(device, dtype)
-            got = attention(qkv, batch, path).float()
-            want = attention(qkv.float(), batch, "sdpa-padded")
-            if not torch.allclose(got, want, atol=2e-2, rtol=2e-2):
-                raise ValueError(f"max difference {(got - want).abs().max().item():.3g}")
-    except Exception as exc:
-        log.warning("attention path %s failed its self-check (%s); using sdpa-padded", path, exc)
-        return "sdpa-padded"
-    return path
+    for case in ([1, 37, 200], [64, 64]):
+        batch = pack(
+            [[5] * n for n in case], [1] * len(case), position_offset=0, token_types=False,
+            device=torch.device(device),
+        )
+        qkv = torch.randn(sum(case), 3, heads, head_dim, generator=generator).to(device, dtype)
+        got = attention(qkv, batch, path).float()
+        want = attention(qkv.float(), batch, "sdpa-padded")
+        if not torch.allclose(got, want, atol=2e-2, rtol=2e-2):
+            raise ValueError(f"max difference {(got - want).abs().max().item():.3g}")
 
 
 def pack(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
+from app.engine import native
 from app.engine.modeling import attention
-from app.engine.native import checked_attention, pack, pick_attention
+from app.engine.native import attention_candidates, checked_attention, pack, pick_attention
 
 
 def naive(qkv: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
@@ -43,4 +46,46 @@ def test_pack_builds_positions_types_and_offsets() -> None:
 
 def test_cpu_uses_per_sequence_sdpa() -> None:
     assert pick_attention("cpu", torch.bfloat16) == "sdpa-per-sequence"
-    assert checked_attention("cpu", torch.float32) == "sdpa-per-sequence"
+    assert checked_attention("cpu", torch.float32, 12, 64) == "sdpa-per-sequence"
+
+
+def test_cuda_candidates_fastest_first() -> None:
+    assert attention_candidates("cuda:0", torch.bfloat16) == [
+        "flash-attn-varlen", "torch-varlen", "sdpa-padded"]
+    assert attention_candidates("cuda", torch.float32) == ["sdpa-padded"]
+
+
+def test_an_installed_but_broken_flash_attn_falls_to_torch_varlen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken_import(name: str) -> types.ModuleType:
+        if name == "flash_attn":
+            raise ImportError("flash_attn_2_cuda.so: undefined symbol: _ZN3c105ErrorC2E")
+        return types.ModuleType(name)
+
+    monkeypatch.setattr(native.importlib, "import_module", broken_import)
+    checked: list[str] = []
+    path = checked_attention("cuda:0", torch.bfloat16, 12, 64, check=checked.append)
+    assert path == "torch-varlen" and checked == ["torch-varlen"]
+
+
+def test_a_kernel_that_fails_its_self_check_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native.importlib, "import_module", types.ModuleType)
+
+    def rejects(path: str) -> None:
+        raise RuntimeError(f"{path}: head size 96 is not supported")
+
+    assert checked_attention("cuda:0", torch.float16, 8, 96, check=rejects) == "sdpa-padded"
+
+
+def test_the_self_check_uses_the_models_head_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[int, ...]] = []
+    real = native.attention
+
+    def spy(qkv: torch.Tensor, batch: object, path: str) -> torch.Tensor:
+        seen.append(tuple(qkv.shape[1:]))
+        return real(qkv, batch, "sdpa-padded")  # type: ignore[arg-type]
+
+    monkeypatch.setattr(native, "attention", spy)
+    native._self_check("cpu", torch.float32, 6, 96, "torch-varlen")
+    assert seen and set(seen) == {(3, 6, 96)}
