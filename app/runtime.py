@@ -16,6 +16,7 @@ from app.batching.worker import Worker
 from app.config import Settings
 from app.engine.backends import Scorer, device_memory_bytes, is_out_of_memory, release_cached_memory
 from app.engine.loading import LoadedModel, load_model
+from app.engine.tokenize import PairEncoder
 from app.engine.windows import window_budget
 from app.errors import NotReady
 from app.metrics import Metrics
@@ -30,9 +31,6 @@ MAX_WORKER_DEATHS = 3
 """Worker deaths within DEATH_WINDOW_S after which the process gives up (exit non-zero)."""
 DEATH_WINDOW_S = 60.0
 SUPERVISE_EVERY_S = 0.1
-WARM_UP_TOKENS = 4096
-"""Tokens of the timed warm-up batch: enough for a batch's fixed costs not to dominate (on
-a CPU, about 3 s for jina-reranker-v2; milliseconds on a GPU)."""
 GPU_BATCH_TOKENS = 16384
 CPU_BATCH_TOKENS = 4096
 """On CPU, 4096-token batches score jina-reranker-v2 at least as fast as 16384-token ones
@@ -58,17 +56,26 @@ def default_loader(settings: Settings) -> LoadedModel:
 
 
 def _timed_forward(scorer: Scorer, batch: list[np.ndarray], split: int) -> tuple[int, float]:
-    """(tokens, seconds) of one forward pass over `batch`, halved until it fits the device."""
-    while True:
-        try:
-            t0 = time.perf_counter()
-            scorer.score(batch, [split] * len(batch))
-            return sum(map(len, batch)), time.perf_counter() - t0
-        except Exception as exc:
-            if len(batch) == 1 or not is_out_of_memory(exc):
-                raise
-            release_cached_memory()
-            batch = batch[: len(batch) // 2]
+    """(tokens, seconds) of one forward pass over `batch`."""
+    t0 = time.perf_counter()
+    scorer.score(batch, [split] * len(batch))
+    return sum(map(len, batch)), time.perf_counter() - t0
+
+
+def _mixed_windows(encoder: PairEncoder, query: np.ndarray, window: int,
+                   tokens: int) -> list[np.ndarray]:
+    """Windows of six different lengths (full down to an eighth) filling `tokens`."""
+    batch: list[np.ndarray] = []
+    total = part = 0
+    while total < tokens or not batch:
+        size = max(1, window // (1, 2, 3, 4, 6, 8)[part % 6])
+        pair = encoder.pair_ids(query, [encoder.sep_id] * size)
+        if batch and total + len(pair) > tokens:
+            break
+        batch.append(pair)
+        total += len(pair)
+        part += 1
+    return batch
 
 
 class Runtime:
@@ -121,7 +128,19 @@ class Runtime:
         try:
             log.info("loading model %s", self.settings.model)
             self.model = await asyncio.to_thread(self._loader, self.settings)
-            budget = batch_token_budget(self.settings, self.model.devices)
+            for device in self.model.devices:
+                if device.startswith("cuda"):
+                    for kind in ("allocated", "reserved"):
+                        self.metrics.device_memory.labels(device=device, kind=kind).set_function(
+                            functools.partial(device_memory_bytes, device, kind)
+                        )
+            asked = batch_token_budget(self.settings, self.model.devices)
+            budget, timings = await asyncio.to_thread(self._warm_up, self.model, asked)
+            if budget < asked:
+                log.warning(
+                    "a %d-token batch does not fit in device memory; token budget lowered to"
+                    " %d (set --max-batch-tokens to choose it yourself)", asked, budget,
+                )
             self._scheduler = Scheduler(
                 max_batch_tokens=budget,
                 max_wait_s=self.settings.max_wait_ms / 1000.0,
@@ -133,19 +152,10 @@ class Runtime:
             )
             self.metrics.batch_token_budget.set(budget)
             self.metrics.queue_capacity.set(self.settings.max_queue)
-            for device in self.model.devices:
-                if device.startswith("cuda"):
-                    for kind in ("allocated", "reserved"):
-                        self.metrics.device_memory.labels(device=device, kind=kind).set_function(
-                            functools.partial(device_memory_bytes, device, kind)
-                        )
-            timings = await asyncio.to_thread(
-                self._warm_up, self.model, budget
-            )
             for tokens, seconds in timings:
                 self._scheduler.throughput.observe(tokens, seconds)
             log.info(
-                "warm-up: %s tokens/s per device",
+                "warm-up: %d-token batches, %s tokens/s per device", budget,
                 ", ".join(f"{t / s:.0f}" for t, s in timings),
             )
             self._workers = [
@@ -237,29 +247,33 @@ class Runtime:
         return None if self._scheduler is None else self._scheduler.max_batch_tokens
 
     @staticmethod
-    def _warm_up(model: LoadedModel, max_batch_tokens: int) -> list[tuple[int, float]]:
+    def _warm_up(model: LoadedModel, budget: int) -> tuple[int, list[tuple[int, float]]]:
         """Per device: one max-length forward, so the first real long input pays no set-up;
-        then a batch of windows of mixed lengths (up to WARM_UP_TOKENS) timed twice, whose
-        (tokens, seconds) seed the throughput estimate that admission predicts with."""
+        then a full-budget batch of windows of mixed lengths (the masked and varlen branches
+        warmed, and an out-of-memory error met now, not under live traffic: the budget is
+        halved until the batch fits every device). That batch, timed twice, seeds the
+        throughput estimate admission predicts with. Returns the budget and the timings."""
         encoder = model.encoder
         query = encoder.encode_query("warm up")
-        budget = window_budget(encoder.max_length, len(query))
-        longest = encoder.pair_ids(query, [encoder.sep_id] * budget)
-        target = min(max_batch_tokens, WARM_UP_TOKENS)
-        batch: list[np.ndarray] = []
-        total = part = 0
-        while total < target or not batch:
-            window = max(1, budget // (1, 2, 3, 4, 6, 8)[part % 6])
-            batch.append(encoder.pair_ids(query, [encoder.sep_id] * window))
-            total += len(batch[-1])
-            part += 1
-        timings = []
+        window = window_budget(encoder.max_length, len(query))
+        longest = encoder.pair_ids(query, [encoder.sep_id] * window)
         for scorer in model.scorers:
             scorer.score([longest], [len(query)])
-            # the faster of two runs: the first can still pay one-time costs
-            runs = [_timed_forward(scorer, batch, len(query)) for _ in range(2)]
-            timings.append(min(runs, key=lambda run: run[1] / run[0]))
-        return timings
+        while True:
+            batch = _mixed_windows(encoder, query, window, budget)
+            try:
+                timings = []
+                for scorer in model.scorers:
+                    # the faster of two runs: the first can still pay one-time costs
+                    runs = [_timed_forward(scorer, batch, len(query)) for _ in range(2)]
+                    timings.append(min(runs, key=lambda run: run[1] / run[0]))
+                return budget, timings
+            except Exception as exc:
+                if budget <= len(longest) or not is_out_of_memory(exc):
+                    raise
+            # out of the except block: the failed attempt's tensors are freed before the retry
+            release_cached_memory()
+            budget //= 2
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         """Stop taking work, let workers drain the queue, and release threads."""

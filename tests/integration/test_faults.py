@@ -29,9 +29,12 @@ def test_out_of_memory_splits_the_batch_and_backs_off(
         return len(ids) > 2  # the "device" only fits two pairs
 
     loader, scorers = wrapping_loader(
-        lambda s: WrappedScorer(s, fail_if=big, error=lambda: torch.OutOfMemoryError("CUDA oom"))
+        lambda s: WrappedScorer(s, fail_if=lambda ids: False,
+                                error=lambda: torch.OutOfMemoryError("CUDA oom"))
     )
     server = server_factory(xlmr_dir, loader=loader, max_wait_ms=30, max_batch_tokens=4096)
+    scorers[0].fail_if = big  # the device shrinks after start-up
+    started = len(scorers[0].log)
     docs = [f"document {i} about mars" for i in range(9)]
     with server.client() as c:
         r = c.post("/v1/rerank", json={"query": "red planet", "documents": docs})
@@ -42,8 +45,8 @@ def test_out_of_memory_splits_the_batch_and_backs_off(
     assert server.metric("reranker_out_of_memory_total") >= 2  # 9 -> 4 + 5 -> ... -> 2s
     # halved once for the batch, however many times it was split
     assert server.metric("reranker_batch_token_budget") == 2048
-    assert any(failed for _, failed in scorers[0].log)
-    assert all(len(ids) <= 2 for ids, failed in scorers[0].log if not failed)
+    assert any(failed for _, failed in scorers[0].log[started:])
+    assert all(len(ids) <= 2 for ids, failed in scorers[0].log[started:] if not failed)
 
 
 def test_a_hung_forward_answers_504_at_the_deadline_and_drops_queued_work(
@@ -177,3 +180,27 @@ async def test_a_sticky_cuda_error_takes_the_only_device_out_and_stops_the_proce
     assert "CUDA" in str(server.fatal[0])
     assert server.metric("reranker_devices_out_of_service_total") == 1
     assert server.metric("reranker_worker_restarts_total") == 0  # not restarted: it is broken
+
+
+def test_a_budget_that_does_not_fit_is_lowered_at_start_up(
+    server_factory: ServerFactory, xlmr_dir: str
+) -> None:
+    def over_1000_tokens(ids: Sequence[Sequence[int]]) -> bool:
+        return sum(map(len, ids)) > 1000
+
+    loader, scorers = wrapping_loader(
+        lambda s: WrappedScorer(s, fail_if=over_1000_tokens,
+                                error=lambda: torch.OutOfMemoryError("CUDA oom"))
+    )
+    server = server_factory(xlmr_dir, loader=loader, max_batch_tokens=4096)
+    with server.client() as c:
+        card = c.get("/v1/models").json()["data"][0]
+        docs = [f"document {i} about mars " * 8 for i in range(40)]
+        r = c.post("/v1/rerank", json={"query": "red planet", "documents": docs})
+    assert card["max_batch_tokens"] == 512  # 4096 -> 2048 -> 1024 -> 512
+    assert server.metric("reranker_batch_token_budget") == 512
+    assert r.status_code == 200
+    warm_up = [ids for ids, failed in scorers[0].log if failed]
+    assert warm_up and len({len(x) for x in warm_up[0]}) > 1  # windows of mixed lengths
+    # once started, no batch needs splitting: every forward fits
+    assert server.metric("reranker_out_of_memory_total") == 0
