@@ -86,38 +86,49 @@ def pack(
     token_types: bool,
     device: torch.device,
 ) -> PackedBatch:
-    """Flatten a batch; index maps are built with numpy, then moved to the device at once."""
+    """Flatten a batch. The index maps are built with numpy into one int64 staging tensor
+    (page-locked on CUDA, from torch's caching host allocator, so its memory is reused once
+    the copy that read it is done), moved to the device in one non-blocking copy, and sliced
+    there; cu_seqlens and the key mask are derived on the device."""
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     total = int(lengths.sum())
-    starts = np.zeros(len(ids) + 1, dtype=np.int64)
+    n = len(ids)
+    starts = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths, out=starts[1:])
-    batch_index = np.repeat(np.arange(len(ids)), lengths)
-    seq_index = np.arange(total) - starts[batch_index]
-    flat = np.concatenate([np.asarray(seq, dtype=np.int64) for seq in ids])
     max_len = int(lengths.max())
-    pin = device.type == "cuda"
-
-    def put(array: np.ndarray) -> torch.Tensor:
-        host = torch.from_numpy(array)
-        if pin:  # page-locked, so the copy is asynchronous
-            host = host.pin_memory()
-        return host.to(device, non_blocking=True)
-
-    types = None
+    fields = 4 + int(token_types)  # ids, positions, batch index, seq index[, types]
+    staging = torch.empty(fields * total + 2 * n + 1, dtype=torch.int64,
+                          pin_memory=device.type == "cuda")
+    host = staging.numpy()
+    flat, positions, batch_index, seq_index = (host[i * total:(i + 1) * total] for i in range(4))
+    np.concatenate([np.asarray(seq) for seq in ids], out=flat)  # int32 ids widen in place
+    batch_index[:] = np.repeat(np.arange(n), lengths)
+    np.subtract(np.arange(total), starts[batch_index], out=seq_index)
+    np.add(seq_index, position_offset, out=positions)
     if token_types:
-        types = put((seq_index >= np.asarray(splits, dtype=np.int64)[batch_index]).astype(np.int64))
+        host[4 * total:5 * total] = seq_index >= np.asarray(splits, dtype=np.int64)[batch_index]
+    tail = fields * total
+    host[tail:tail + n + 1] = starts
+    host[tail + n + 1:] = lengths
+    on_device = staging.to(device, non_blocking=True)
+
+    def part(i: int) -> torch.Tensor:
+        return on_device[i * total:(i + 1) * total]
+
+    dev_lengths = on_device[tail + n + 1:]
     key_mask = None
     if lengths.min() != max_len:
-        key_mask = put(np.arange(max_len)[None, :] < lengths[:, None])[:, None, None, :]
+        key_mask = (torch.arange(max_len, device=device)[None, :] < dev_lengths[:, None])
+        key_mask = key_mask[:, None, None, :]
     return PackedBatch(
-        input_ids=put(flat),
-        position_ids=put(seq_index + position_offset),
-        token_type_ids=types,
-        cu_seqlens=put(starts.astype(np.int32)),
+        input_ids=part(0),
+        position_ids=part(1),
+        token_type_ids=part(4) if token_types else None,
+        cu_seqlens=on_device[tail:tail + n + 1].to(torch.int32),
         max_seqlen=max_len,
         spans=list(zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True)),
-        batch_index=put(batch_index),
-        seq_index=put(seq_index),
+        batch_index=part(2),
+        seq_index=part(3),
         key_mask=key_mask,
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import types
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,6 +43,16 @@ def test_pack_builds_positions_types_and_offsets() -> None:
     assert batch.cu_seqlens.tolist() == [0, 3, 4, 6] and batch.cu_seqlens.dtype == torch.int32
     assert batch.spans == [(0, 3), (3, 4), (4, 6)] and batch.max_seqlen == 3
     assert batch.key_mask is not None and batch.key_mask.shape == (3, 1, 1, 3)
+
+
+def test_pack_moves_one_staging_buffer() -> None:
+    """Every per-token index map is a slice of one buffer: one host-to-device copy a batch."""
+    ids = [np.array([10, 11, 12], dtype=np.int32), np.array([20], dtype=np.int32)]
+    batch = pack(ids, [2, 1], position_offset=2, token_types=True, device=torch.device("cpu"))
+    maps = [batch.input_ids, batch.position_ids, batch.token_type_ids, batch.batch_index,
+            batch.seq_index]
+    assert len({m.untyped_storage().data_ptr() for m in maps if m is not None}) == 1
+    assert batch.input_ids.dtype == torch.int64 and batch.input_ids.tolist() == [10, 11, 12, 20]
 
 
 def test_cpu_uses_per_sequence_sdpa() -> None:
