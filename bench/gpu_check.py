@@ -1,23 +1,29 @@
-"""GPU check: parity of every attention path, then throughput and MFU at three length mixes.
+"""GPU check: one table with every attention path's parity, speed and MFU, and start-up times.
 
-    python -m bench.gpu_check                # on a CUDA host, unattended, well under 5 minutes
-    python -m bench.gpu_check --device cpu --small --seconds 1   # smoke run of the script itself
+    python -m bench.gpu_check                      # on a CUDA host, unattended, under 5 minutes
+    python -m bench.gpu_check --device cuda:1      # another GPU (name and ceiling from it)
+    python -m bench.gpu_check --device cpu --small --seconds 0.5   # smoke run of the script
 
-1. Parity: a random model with jina-reranker-v2's shapes, saved in the jina naming, scored by
-   the native engine with each attention path the host offers (flash-attn varlen if installed,
-   PyTorch varlen, padded SDPA, per-sequence SDPA) in bf16 and fp16, against the fp32 engine
-   and against stock transformers in fp32 (padded SDPA, stock naming of the same weights).
-2. Throughput in bf16 with the default path: pairs/s, tokens/s and model FLOPs utilisation for
-   short (128-token), RAG-mixed (bench.workload) and long (1024-token) pairs.
-Prints one markdown table per part. Needs no network; CI never runs it on a GPU.
+A random model with jina-reranker-v2's shapes (saved in the jina naming, and in the stock naming
+for transformers) is scored by the native engine with each attention path the host offers
+(flash-attn varlen if it imports, PyTorch varlen, padded SDPA, per-sequence SDPA) in each
+half-precision dtype. Per row: the largest raw-logit difference against the fp32 engine and
+against padded SDPA in the same dtype (the kernel's own error; the row fails past the
+tolerance), then pairs/s and model FLOPs utilisation for 128-token, RAG-mixed and 1024-token
+pairs. Logits, not sigmoid scores, are compared: a random model's logits saturate the sigmoid,
+which would hide differences. The exit status is 1 when any row fails. Needs no network; CI
+runs only the CPU smoke run.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import random
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +31,43 @@ import torch
 
 from app.engine.loading import load_model
 from app.engine.modeling import AttentionPath
-from app.engine.native import NativeScorer, pick_attention
+from app.engine.native import FUSED, NativeScorer, attention_candidates
 from app.engine.tokenize import Pair
 from app.testmodel import JINA_V2_SHAPE, write_jina_checkpoint, write_test_model
 from bench.engine import flops_per_pair, form_batches, matmul_rate
 from bench.workload import make_pairs
 
-# Dense bf16 tensor-core peaks (no sparsity), for MFU; other GPUs use the measured matmul rate.
-PEAK_BF16 = {"H100 SXM": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H200": 989e12,
-             "A100": 312e12, "L4": 121e12, "L40S": 362e12}
+# Dense (no sparsity) bf16 tensor-core peaks, keyed by the words torch.cuda.get_device_name()
+# returns ("NVIDIA H100 80GB HBM3" is the SXM part; "NVIDIA A100-SXM4-80GB"). The entry with
+# the most matching words wins, so "L4" never matches "L40S" and "H100 NVL" beats "H100".
+PEAK_BF16: dict[tuple[str, ...], float] = {
+    ("H100", "HBM3"): 989e12, ("H100", "SXM"): 989e12, ("H100", "SXM5"): 989e12,
+    ("H100", "PCIE"): 756e12, ("H100", "NVL"): 835e12, ("H100",): 756e12,
+    ("H200",): 989e12, ("H200", "NVL"): 835e12,
+    ("A100",): 312e12, ("A10",): 125e12, ("L40S",): 362e12, ("L40",): 181e12, ("L4",): 121e12,
+}
+TOLERANCE = {"float32": 1e-3, "bfloat16": 0.05, "float16": 0.01}
+"""Largest raw-logit difference a path may have against padded SDPA in its own dtype, per unit
+of (1 + |logit|): a few units in the last place of the dtype through 12 layers."""
+MIXES = ("short (128)", "RAG mixed", "long (1024)")
+
+
+def peak_for(name: str) -> tuple[str, float] | None:
+    """(matched entry, FLOP/s) for a CUDA device name; None when the GPU is not listed."""
+    words = set(name.upper().replace("-", " ").split())
+    matches = [key for key in PEAK_BF16 if set(key) <= words]
+    if not matches:
+        return None
+    key = max(matches, key=lambda k: (len(k), sum(map(len, k))))
+    return " ".join(key), PEAK_BF16[key]
+
+
+@dataclass
+class Mix:
+    pairs: list[Pair]
+    batches: list[list[Pair]]
+    tokens: int
+    flops: float
 
 
 def build_models(root: Path, small: bool) -> tuple[Path, Path]:
@@ -42,19 +76,18 @@ def build_models(root: Path, small: bool) -> tuple[Path, Path]:
     return stock, write_jina_checkpoint(stock, root / "jina")
 
 
-def parity_pairs(encoder_model: Path, n: int) -> list[Pair]:
-    loaded = load_model(str(encoder_model), device="cpu", dtype="float32")
+def parity_pairs(model: Path, n: int) -> list[Pair]:
+    loaded = load_model(str(model), device="cpu", dtype="float32")
     rng = random.Random(0)
     out: list[Pair] = []
     for query, doc in make_pairs(n, seed=5, long_tail=0.2):
-        pairs = loaded.encoder.encode(query, [doc]).pairs
-        out.extend(pairs[: rng.randint(1, 2)])
+        out.extend(loaded.encoder.encode(query, [doc]).pairs[: rng.randint(1, 2)])
     out.append(loaded.encoder.encode("q", [""]).pairs[0])  # the shortest input there is
     return out
 
 
 def score_all(scorer: object, pairs: list[Pair], budget: int = 16384) -> np.ndarray:
-    """Scores in input order, computed over scheduler-like batches."""
+    """Logits in input order, computed over scheduler-like batches."""
     index = {id(p): i for i, p in enumerate(pairs)}
     out = np.empty(len(pairs), dtype=np.float32)
     for batch in form_batches(pairs, budget, pads=False, lookahead=64):
@@ -64,112 +97,136 @@ def score_all(scorer: object, pairs: list[Pair], budget: int = 16384) -> np.ndar
     return out
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return np.asarray(1.0 / (1.0 + np.exp(-x.astype(np.float64))))
-
-
-def parity(stock: Path, jina: Path, device: str, small: bool) -> None:
-    pairs = parity_pairs(jina, 8 if small else 24)
-    ref_native = score_all(load_model(str(jina), device=device, dtype="float32").scorers[0], pairs)
-    ref_stock = score_all(
-        load_model(str(stock), device=device, dtype="float32", backend="transformers").scorers[0],
-        pairs,
-    )
-    print(f"\n## Parity ({len(pairs)} pairs, lengths {min(len(p.ids) for p in pairs)}-"
-          f"{max(len(p.ids) for p in pairs)}; max |score difference|)\n")
-    print("| dtype | attention | vs native fp32 | vs transformers fp32 |")
-    print("|---|---|---|---|")
-    fp32_gap = np.abs(sigmoid(ref_native) - sigmoid(ref_stock)).max()
-    print(f"| float32 | {pick_attention(device, torch.float32)} | 0 | {fp32_gap:.2e} |")
-    paths: list[AttentionPath] = ["sdpa-padded", "sdpa-per-sequence"]
-    if device.startswith("cuda"):
-        paths = [p for p in ("flash-attn-varlen", "torch-varlen") if _available(p)] + paths
-    dtypes = ["bfloat16", "float16"] if device.startswith("cuda") else ["bfloat16"]
-    for dtype in dtypes:
-        loaded = load_model(str(jina), device=device, dtype=dtype)
-        scorer = loaded.scorers[0]
-        assert isinstance(scorer, NativeScorer)
-        for path in paths:
-            scorer.attention = path
-            try:
-                got = score_all(scorer, pairs)
-            except Exception as exc:  # a path that cannot run here is reported, not fatal
-                print(f"| {dtype} | {path} | error: {type(exc).__name__}: {exc} | |")
-                continue
-            print(f"| {dtype} | {path} | {np.abs(sigmoid(got) - sigmoid(ref_native)).max():.2e} |"
-                  f" {np.abs(sigmoid(got) - sigmoid(ref_stock)).max():.2e} |")
-
-
-def _available(path: str) -> bool:
-    import importlib.util
-
-    module = "flash_attn" if path == "flash-attn-varlen" else "torch.nn.attention.varlen"
-    return importlib.util.find_spec(module) is not None
-
-
 def random_pair(cls_id: int, sep_id: int, rng: random.Random, length: int) -> Pair:
     body = rng.choices(range(5, 400), k=length - 2)
     return Pair(np.array([cls_id, *body, sep_id], dtype=np.int32), 10, 0)
 
 
-def throughput(jina: Path, device: str, seconds: float, small: bool) -> None:
-    loaded = load_model(str(jina), device=device, dtype="bfloat16")
-    scorer = loaded.scorers[0]
-    enc = loaded.encoder
+def make_mixes(scorer_model: Path, small: bool) -> dict[str, Mix]:
+    """The three length mixes, batched and with their token and FLOP sums precomputed."""
+    enc = load_model(str(scorer_model), device="cpu", dtype="float32").encoder
     rng = random.Random(1)
-    mixes = {
-        "short (128)": [random_pair(enc.cls_id, enc.sep_id, rng, 128) for _ in range(512)],
-        "RAG mixed": [p for q, d in make_pairs(256, seed=2) for p in enc.encode(q, [d]).pairs],
-        "long (1024)": [random_pair(enc.cls_id, enc.sep_id, rng, 1024) for _ in range(64)],
+    hidden, layers = (64, 2) if small else (768, 12)
+    raw = {
+        MIXES[0]: [random_pair(enc.cls_id, enc.sep_id, rng, 128) for _ in range(512)],
+        MIXES[1]: [p for q, d in make_pairs(256, seed=2) for p in enc.encode(q, [d]).pairs],
+        MIXES[2]: [random_pair(enc.cls_id, enc.sep_id, rng, 1024) for _ in range(64)],
     }
-    if device.startswith("cuda"):
-        name = torch.cuda.get_device_name()
-        peak = next((v for k, v in PEAK_BF16.items() if all(w in name for w in k.split())), None)
-    else:
-        name, peak = "cpu", None
-    measured = matmul_rate(torch.bfloat16, 1.0) if not device.startswith("cuda") else _cuda_rate()
-    ceiling = peak or measured
-    hidden = 64 if small else 768
-    layers = 2 if small else 12
-    print(f"\n## Throughput, bf16, attention {loaded.attention}, {name}; ceiling"
-          f" {ceiling / 1e12:.1f} TFLOP/s ({'datasheet' if peak else 'measured matmul'};"
-          f" measured matmul {measured / 1e12:.1f})\n")
-    print("| mix | pairs | mean tokens | pairs/s | tokens/s | TFLOP/s | MFU |")
-    print("|---|---|---|---|---|---|---|")
-    for label, pairs in mixes.items():
-        batches = form_batches(pairs, 32768, pads=False, lookahead=len(pairs))
-        scorer.score([p.ids for p in batches[0]], [p.split for p in batches[0]])
-        done_pairs = done_tokens = 0
-        flops = 0.0
-        _sync(device)
+    return {
+        label: Mix(pairs, form_batches(pairs, 32768, pads=False, lookahead=len(pairs)),
+                   sum(len(p.ids) for p in pairs),
+                   sum(flops_per_pair(len(p.ids), hidden, layers, 4 * hidden) for p in pairs))
+        for label, pairs in raw.items()
+    }
+
+
+def speed(scorer: NativeScorer, mix: Mix, device: str, seconds: float) -> tuple[float, float]:
+    """(pairs/s, FLOP/s) of whole passes over the mix for about `seconds`."""
+    first = mix.batches[0]
+    scorer.score([p.ids for p in first], [p.split for p in first])  # warm-up
+    _sync(device)
+    passes, t0 = 0, time.perf_counter()
+    while passes == 0 or time.perf_counter() - t0 < seconds:
+        for batch in mix.batches:
+            scorer.score([p.ids for p in batch], [p.split for p in batch])
+        passes += 1
+    _sync(device)
+    elapsed = time.perf_counter() - t0
+    return passes * len(mix.pairs) / elapsed, passes * mix.flops / elapsed
+
+
+def usable(path: AttentionPath) -> bool:
+    module = {"flash-attn-varlen": "flash_attn", "torch-varlen": "torch.nn.attention.varlen"}
+    if path not in FUSED:
+        return True
+    try:
+        importlib.import_module(module[path])
+    except Exception:
+        return False
+    return True
+
+
+def run(device: str, small: bool, seconds: float) -> bool:
+    cuda = device.startswith("cuda")
+    with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            for batch in batches:
-                scorer.score([p.ids for p in batch], [p.split for p in batch])
-                done_pairs += len(batch)
-                done_tokens += sum(len(p.ids) for p in batch)
-                flops += sum(flops_per_pair(len(p.ids), hidden, layers, 4 * hidden) for p in batch)
-        _sync(device)
-        t = time.perf_counter() - t0
-        print(f"| {label} | {len(pairs)} | {np.mean([len(p.ids) for p in pairs]):.0f} |"
-              f" {done_pairs / t:.0f} | {done_tokens / t:.0f} | {flops / t / 1e12:.2f} |"
-              f" {100 * flops / t / ceiling:.0f}% |")
+        stock, jina = build_models(Path(tmp), small)
+        t_build = time.perf_counter() - t0
+        pairs = parity_pairs(jina, 8 if small else 24)
+        mixes = make_mixes(jina, small)
+        t0 = time.perf_counter()
+        fp32 = load_model(str(jina), device=device, dtype="float32")
+        t_load = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ref = score_all(fp32.scorers[0], pairs)
+        t_first = time.perf_counter() - t0
+        stock_ref = score_all(load_model(str(stock), device=device, dtype="float32",
+                                         backend="transformers").scorers[0], pairs)
+        del fp32
+        if cuda:
+            name = torch.cuda.get_device_name(device)
+            found = peak_for(name)
+            measured = _cuda_rate(device)
+        else:
+            name, found, measured = "cpu", None, matmul_rate(torch.bfloat16, 1.0)
+        ceiling = found[1] if found else measured
+        source = f"datasheet entry '{found[0]}'" if found else "measured matmul"
+        print(f"# gpu_check: torch {torch.__version__}, {device} ({name}); MFU ceiling"
+              f" {ceiling / 1e12:.1f} TFLOP/s bf16 ({source}; measured matmul"
+              f" {measured / 1e12:.1f}); {len(pairs)} parity pairs of"
+              f" {min(len(p.ids) for p in pairs)}-{max(len(p.ids) for p in pairs)} tokens")
+        print(f"fp32 engine vs stock transformers fp32: max |logit difference|"
+              f" {np.abs(ref - stock_ref).max():.2e}\n")
+        print("| dtype | attention | max Δlogit vs fp32 | vs padded, same dtype | pairs/s "
+              + " | ".join(MIXES) + " | MFU " + " | ".join(MIXES) + " | |")
+        print("|---|---|---|---|" + "---|" * (2 * len(MIXES)) + "---|")
+        ok = True
+        dtypes = ["bfloat16", "float16"] if cuda else ["bfloat16"]
+        for dtype in dtypes:
+            scorer = load_model(str(jina), device=device, dtype=dtype).scorers[0]
+            assert isinstance(scorer, NativeScorer)
+            paths = [p for p in attention_candidates(device, getattr(torch, dtype)) if usable(p)]
+            if not cuda:
+                paths.append("sdpa-padded")
+            scorer.attention = "sdpa-padded"
+            padded = score_all(scorer, pairs)
+            for path in paths:
+                scorer.attention = path
+                try:
+                    got = score_all(scorer, pairs)
+                    rates = [speed(scorer, mixes[m], device, seconds) for m in MIXES]
+                except Exception as exc:  # a path that cannot run here is a failed row
+                    print(f"| {dtype} | {path} | error: {type(exc).__name__}: {exc} |"
+                          + " |" * (1 + 2 * len(MIXES)) + " FAIL |")
+                    ok = False
+                    continue
+                own = float(np.max(np.abs(got - padded) / (1 + np.abs(padded))))
+                passed = own <= TOLERANCE[dtype]
+                ok &= passed
+                print(f"| {dtype} | {path} | {np.abs(got - ref).max():.2e} | {own:.2e} | "
+                      + " | ".join(f"{r[0]:.0f}" for r in rates) + " | "
+                      + " | ".join(f"{100 * r[1] / ceiling:.0f}%" for r in rates)
+                      + f" | {'ok' if passed else 'FAIL'} |")
+        print(f"\nstart-up phases: random checkpoint written {t_build:.1f} s; fp32"
+              f" model loaded onto {device} (attention self-check included) {t_load:.1f} s;"
+              f" first batches (kernel selection) {t_first:.1f} s")
+    return ok
 
 
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
-def _cuda_rate() -> float:
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+def _cuda_rate(device: str) -> float:
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
     for _ in range(3):
         a @ a
-    torch.cuda.synchronize()
+    torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     for _ in range(20):
         a @ a
-    torch.cuda.synchronize()
+    torch.cuda.synchronize(device)
     return 2 * 8192**3 * 20 / (time.perf_counter() - t0)
 
 
@@ -179,18 +236,13 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--small", action="store_true", help="a tiny model (smoke test)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="per throughput mix")
+    parser.add_argument("--seconds", type=float, default=3.0,
+                        help="per mix and attention path (the default keeps it under 5 min)")
     args = parser.parse_args()
     t0 = time.perf_counter()
-    device = args.device
-    print(f"# gpu_check: torch {torch.__version__}, device {device}"
-          f" ({torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}),"
-          f" default attention {pick_attention(device, torch.bfloat16)}")
-    with tempfile.TemporaryDirectory() as tmp:
-        stock, jina = build_models(Path(tmp), args.small)
-        parity(stock, jina, device, args.small)
-        throughput(jina, device, args.seconds, args.small)
-    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+    ok = run(args.device, args.small, args.seconds)
+    print(f"total {time.perf_counter() - t0:.0f} s: {'all rows ok' if ok else 'FAILED'}")
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":

@@ -38,8 +38,27 @@ def test_engine_benchmark_prints_its_table(xlmr_dir: str) -> None:
 
 def test_gpu_check_smoke_runs_on_cpu() -> None:
     out = _run("bench.gpu_check", "--device", "cpu", "--small", "--seconds", "0.5")
-    assert "## Parity" in out and "## Throughput" in out
-    assert "| RAG mixed |" in out and "error" not in out
+    rows = [line for line in out.splitlines() if line.startswith("| bfloat16 |")]
+    assert [row.split(" | ")[1] for row in rows] == ["sdpa-per-sequence", "sdpa-padded"]
+    assert all(row.endswith("| ok |") for row in rows) and "all rows ok" in out
+    assert "start-up phases:" in out and "error" not in out
+
+
+@pytest.mark.parametrize(("name", "entry"), [
+    ("NVIDIA H100 80GB HBM3", "H100 HBM3"),
+    ("NVIDIA H100 PCIe", "H100 PCIE"),
+    ("NVIDIA H100 NVL", "H100 NVL"),
+    ("NVIDIA H200", "H200"),
+    ("NVIDIA A100-SXM4-80GB", "A100"),
+    ("NVIDIA L40S", "L40S"),
+    ("NVIDIA L4", "L4"),
+    ("Tesla T4", None),
+])
+def test_gpu_check_finds_the_datasheet_peak_by_device_name(name: str, entry: str | None) -> None:
+    from bench.gpu_check import peak_for
+
+    found = peak_for(name)
+    assert (found[0] if found else None) == entry
 
 
 def test_load_generator_counts_what_a_live_server_answered(
