@@ -203,6 +203,11 @@ class HAProxy:
 
         return _wait(f"haproxy to see {server} {'up' if up else 'down'}", seen, timeout)
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
     def set_maintenance(self, server: str, on: bool) -> None:
         self.command(f"{'disable' if on else 'enable'} server {BACKEND}/{server}")
 
@@ -272,17 +277,28 @@ class Restart:
 
 
 @dataclass
+class Phase:
+    """A throughput run through the proxy."""
+
+    stats: Stats
+    served: dict[str, int]
+    """2xx answers per replica, by the proxy's count."""
+    cores: dict[str, float]
+    """CPU seconds per second of the run: per replica, the proxy, this process (the clients),
+    and the whole machine (`machine`)."""
+
+
+@dataclass
 class Report:
-    one: tuple[Stats, dict[str, int]]
-    """One replica: the throughput run, and the 2xx answers per replica during it."""
-    two: tuple[Stats, dict[str, int]]
+    one: Phase
+    two: Phase
     clients: int
     restart: Restart
 
     @property
     def ratio(self) -> float:
-        return (self.two[0].summary()["requests_per_s"]
-                / self.one[0].summary()["requests_per_s"])
+        return (self.two.stats.summary()["requests_per_s"]
+                / self.one.stats.summary()["requests_per_s"])
 
 
 async def _post(client: httpx.AsyncClient, body: bytes) -> tuple[str, float]:
@@ -379,16 +395,36 @@ def served(proxy: HAProxy, before: dict[str, dict[str, str]]) -> dict[str, int]:
             for name, row in after.items() if name != "BACKEND"}
 
 
-def throughput(proxy: HAProxy, requests: list[Request], clients: int
-               ) -> tuple[Stats, dict[str, int]]:
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time used so far by process `pid`, or by the whole machine (all cores, not idle);
+    NaN where /proc cannot tell."""
+    try:
+        if pid is None:
+            ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+            busy = sum(ticks[:8]) - ticks[3] - ticks[4]  # all but idle and iowait
+        else:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            busy = int(fields[11]) + int(fields[12])  # utime + stime
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def throughput(proxy: HAProxy, replicas: list[Replica], requests: list[Request],
+               clients: int) -> Phase:
     """Fixed work through the proxy after a short warm-up, by clients that wait out a 429 as
-    told (refusals are counted in the Stats); and the 2xx answers per replica."""
+    told (refusals are counted in the Stats)."""
     asyncio.run(fixed_work(proxy.url, "/v1/rerank", requests[: 2 * clients],
                            concurrency=clients, retry=True))
-    before = proxy.stats()
+    pids = {r.name: r.pid for r in replicas} | {"proxy": proxy.pid, "clients": os.getpid()}
+    before, cpu0, t0 = proxy.stats(), {k: cpu_seconds(p) for k, p in pids.items()}, time.time()
+    machine0 = cpu_seconds()
     stats = asyncio.run(fixed_work(proxy.url, "/v1/rerank", requests, concurrency=clients,
                                    retry=True))
-    return stats, served(proxy, before)
+    wall = time.time() - t0
+    cores = {k: (cpu_seconds(p) - cpu0[k]) / wall for k, p in pids.items()}
+    cores["machine"] = (cpu_seconds() - machine0) / wall
+    return Phase(stats, served(proxy, before), cores)
 
 
 def run(model: str, *, clients: int = 8, requests: int = 200, restart_clients: int = 4,
@@ -411,10 +447,10 @@ def run(model: str, *, clients: int = 8, requests: int = 200, restart_clients: i
                 proxy.wait_status(replica.name, up=True)
 
             proxy.set_maintenance("b", True)
-            one = throughput(proxy, work, clients)
+            one = throughput(proxy, replicas, work, clients)
             proxy.set_maintenance("b", False)
             proxy.wait_status("b", up=True)
-            two = throughput(proxy, work, clients)
+            two = throughput(proxy, replicas, work, clients)
             restart = asyncio.run(rolling_restart(replicas, proxy, bodies, restart_clients,
                                                   settle_s))
         finally:
@@ -424,13 +460,14 @@ def run(model: str, *, clients: int = 8, requests: int = 200, restart_clients: i
     return Report(one, two, clients, restart)
 
 
-def _line(label: str, run: tuple[Stats, dict[str, int]], clients: int) -> str:
-    stats, by_replica = run
+def _line(label: str, phase: Phase, clients: int) -> str:
+    stats = phase.stats
     s = stats.summary()
+    cores = ", ".join(f"{k} {v:.2f}" for k, v in phase.cores.items())
     return (f"{label}: {s['requests_per_s']:.2f} req/s ({clients} clients, {len(stats.latencies)}"
             f" requests in {stats.seconds:.1f} s; statuses {dict(stats.statuses)}, 429s waited"
-            f" out {stats.refusals}; by replica {by_replica}); latency p50 {s['p50_ms']:.0f} ms,"
-            f" p99 {s['p99_ms']:.0f} ms")
+            f" out {stats.refusals}; by replica {phase.served}); latency p50 {s['p50_ms']:.0f} ms,"
+            f" p99 {s['p99_ms']:.0f} ms\n  CPU cores busy: {cores}")
 
 
 def format_report(report: Report) -> str:
