@@ -217,5 +217,5 @@ def distilbert_dir(bert_dir: str, tmp_path_factory: pytest.TempPathFactory) -> s
 
 
 @pytest.fixture(scope="session")
-def electra_server(server_factory: ServerFactory, electra_dir: str) -> LiveServer:
-    return server_factory(electra_dir, served_model_name="test-electra")
+def electra_server(shared_servers: ServerFactory, electra_dir: str) -> LiveServer:
+    return shared_servers(electra_dir, served_model_name="test-electra")
