@@ -81,11 +81,12 @@ def forecast(
         return Forecast("queue_time", wait, finish, queued - allowed)
     if now + SLACK * finish > deadline:
         return Forecast("deadline", wait, finish, now + SLACK * finish - deadline)
-    # Those behind it are each delayed by its own work: none may be pushed past its deadline
-    # (one already predicted to miss it is not held against newcomers).
+    # Those behind it are each delayed by its own work: none may be pushed past its deadline,
+    # slack included. Only one that would miss it even as predicted, without the newcomer and
+    # without slack, is given up on (it is not held against newcomers).
     done = in_flight_s + sum(a.remaining for a in ahead) / tokens_per_s
     for a in behind:
         done += a.remaining / tokens_per_s
-        if now + SLACK * done <= a.deadline < now + SLACK * (done + own):
+        if now + done <= a.deadline < now + SLACK * (done + own):
             return Forecast("deadline", wait, finish, done)
     return Forecast("admit", wait, finish, 0.0)

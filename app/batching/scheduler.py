@@ -215,6 +215,24 @@ class Scheduler:
             self.release(job)
             self._metrics.requests_shed.labels(reason="too_large").inc()
             self._refuse("too_large", tokens, timeout_s, rate, 0.0, 0.0, 0.0)
+        if rate is not None and tokens > job.work:
+            # More than the estimate it was admitted on: the deadline is checked again on the
+            # real count, so that a request that cannot make it is refused before any device
+            # time, rather than answered 504 after it.
+            with self._cond:
+                others = [Admitted(j.work, j.deadline, j.arrival) for j in self._jobs
+                          if j is not job]
+                in_flight = list(self._in_flight)
+            guess = forecast(
+                others, tokens=tokens, now=now, deadline=job.deadline,
+                in_flight_s=self._in_flight_s(in_flight, now), tokens_per_s=rate,
+                max_queue_time_s=math.inf,
+            )
+            if guess.verdict == "deadline":
+                self.release(job)
+                self._metrics.requests_shed.labels(reason="deadline").inc()
+                self._refuse("deadline", tokens, timeout_s, rate, guess.wait_s, guess.finish_s,
+                             guess.retry_after_s)
         with self._cond:
             if self._depth + len(items) > self.max_queue:
                 self._jobs.pop(job, None)

@@ -84,8 +84,12 @@ def test_no_admitted_request_is_pushed_past_its_deadline() -> None:
     f = predict([big], 600, max_queue_time_s=10.0)
     assert f.verdict == "deadline"
     assert f.retry_after_s == pytest.approx(10.0)  # once the big one is done
-    # one already predicted to miss its deadline does not block newcomers
-    late = Admitted(10_000, 12.0, 1)
+    # one that would make its deadline as predicted, though not with the slack, is still
+    # protected: newcomers pushing it further would turn a likely miss into a certain one
+    tight = Admitted(10_000, 12.0, 1)
+    assert predict([tight], 600, max_queue_time_s=10.0).verdict == "deadline"
+    # one that misses its deadline even as predicted (10 s of work, 9.5 s left) is given up on
+    late = Admitted(10_000, 9.5, 1)
     assert predict([late], 600, max_queue_time_s=10.0).verdict == "admit"
 
 
@@ -167,3 +171,17 @@ async def test_only_the_real_token_count_decides_413_near_the_line() -> None:
     assert s.depth == 8
     with pytest.raises(RequestTooLarge):  # estimated at 3x its deadline: refused at once
         s.admit(30_000, timeout_s=10)
+
+
+async def test_a_request_larger_than_estimated_is_checked_again_before_any_device_time() -> None:
+    clock, metrics = Clock(), Metrics()
+    s = scheduler(clock, metrics)
+    job = s.admit(500, timeout_s=5.0)  # estimated 0.5 s of work: admitted
+    with pytest.raises(QueueFull) as refused:
+        s.enqueue(job, [([1] * 1100, 1)] * 4, timeout_s=5.0)  # really 4.4 s: 5.5 s with slack
+    assert "deadline" in refused.value.detail
+    assert metrics.requests_shed.labels(reason="deadline")._value.get() == 1
+    assert s.depth == 0 and not s._jobs  # nothing queued, no reservation left
+    fits = s.admit(500, timeout_s=5.0)
+    s.enqueue(fits, [([1] * 1000, 1)] * 3, timeout_s=5.0)  # 3 s, 3.75 s with the slack: fine
+    assert s.depth == 3
