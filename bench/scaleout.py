@@ -158,12 +158,17 @@ class Replica:
                 self.proc.wait(10)
 
 
+def find_haproxy() -> str | None:
+    """The haproxy binary; Debian puts it in /usr/sbin, which a non-root PATH may lack."""
+    return shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
+
+
 class HAProxy:
     """HAProxy in the foreground (-db), with an admin socket for its stats and maintenance."""
 
     def __init__(self, workdir: Path, replicas: dict[str, int], retry_on: str = RETRY_ON
                  ) -> None:
-        exe = shutil.which("haproxy")
+        exe = find_haproxy()
         if exe is None:
             raise SystemExit("haproxy is not installed (Debian: apt-get install haproxy)")
         self.port = free_port()
@@ -529,7 +534,7 @@ def main() -> int:
             from app.testmodel import write_test_model
 
             model = write_test_model(Path(tmp) / "small", max_length=512, hidden=256, layers=4)
-        print(f"{os.cpu_count()} CPUs; haproxy {shutil.which('haproxy')}", flush=True)
+        print(f"{os.cpu_count()} CPUs; haproxy {find_haproxy()}", flush=True)
         report = run(str(model), clients=args.clients, requests=args.requests,
                      restart_clients=args.restart_clients, settle_s=args.settle_seconds,
                      retry_on=args.retry_on)

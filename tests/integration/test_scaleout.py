@@ -4,15 +4,14 @@ docs/reliability.md)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from bench.scaleout import format_report, haproxy_config, run
+from bench.scaleout import find_haproxy, format_report, haproxy_config, run
 
 needs_haproxy = pytest.mark.skipif(
-    shutil.which("haproxy") is None,
+    find_haproxy() is None,
     reason="haproxy is not installed (CI installs Debian's; locally: apt-get install haproxy)",
 )
 
