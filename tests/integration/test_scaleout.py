@@ -10,6 +10,8 @@ import pytest
 
 from bench.scaleout import find_haproxy, format_report, haproxy_config, run
 
+pytestmark = [pytest.mark.slow, pytest.mark.deploy]
+
 needs_haproxy = pytest.mark.skipif(
     find_haproxy() is None,
     reason="haproxy is not installed (CI installs Debian's; locally: apt-get install haproxy)",
