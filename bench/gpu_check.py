@@ -18,7 +18,6 @@ runs only the CPU smoke run.
 from __future__ import annotations
 
 import argparse
-import importlib
 import random
 import sys
 import tempfile
@@ -31,7 +30,7 @@ import torch
 
 from app.engine.loading import load_model
 from app.engine.modeling import AttentionPath
-from app.engine.native import FUSED, NativeScorer, attention_candidates
+from app.engine.native import NativeScorer, attention_candidates, import_kernel
 from app.engine.tokenize import Pair
 from app.testmodel import JINA_V2_SHAPE, write_jina_checkpoint, write_test_model
 from bench.engine import flops_per_pair, form_batches, matmul_rate
@@ -136,11 +135,8 @@ def speed(scorer: NativeScorer, mix: Mix, device: str, seconds: float) -> tuple[
 
 
 def usable(path: AttentionPath) -> bool:
-    module = {"flash-attn-varlen": "flash_attn", "torch-varlen": "torch.nn.attention.varlen"}
-    if path not in FUSED:
-        return True
     try:
-        importlib.import_module(module[path])
+        import_kernel(path)
     except Exception:
         return False
     return True

@@ -149,13 +149,18 @@ class Replica:
 
     def stop(self) -> None:
         """Terminate the process if it still runs (clean-up, also after a failure)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        _terminate(self.proc, 60)
+
+
+def _terminate(proc: subprocess.Popen[bytes] | None, grace_s: float) -> None:
+    """SIGTERM a process we started (by its PID), SIGKILL if it outlives the grace period."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def find_haproxy() -> str | None:
@@ -224,13 +229,7 @@ class HAProxy:
         self.command(f"{'disable' if on else 'enable'} server {BACKEND}/{server}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        _terminate(self.proc, 30)
 
     def abnormal_log(self) -> list[str]:
         """HAProxy's log lines for requests (only abnormal ones are logged: dontlog-normal;

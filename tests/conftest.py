@@ -113,7 +113,8 @@ class LiveServer:
 ServerFactory = Callable[..., LiveServer]
 
 
-def _factory() -> tuple[ServerFactory, list[LiveServer]]:
+def _servers() -> Iterator[ServerFactory]:
+    """A factory of live servers; every server it made is stopped when the generator ends."""
     started: list[LiveServer] = []
 
     def make(model: str, loader: Loader = default_loader, wait_ready: bool = True,
@@ -123,34 +124,27 @@ def _factory() -> tuple[ServerFactory, list[LiveServer]]:
         started.append(server)
         return server
 
-    return make, started
+    yield make
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture()
 def server_factory() -> Iterator[ServerFactory]:
     """Servers with a test's own settings, stopped when the test ends."""
-    make, started = _factory()
-    yield make
-    for server in started:
-        server.stop()
+    yield from _servers()
 
 
 @pytest.fixture(scope="module")
 def module_servers() -> Iterator[ServerFactory]:
     """Servers that one test module's tests share, stopped when the module ends."""
-    make, started = _factory()
-    yield make
-    for server in started:
-        server.stop()
+    yield from _servers()
 
 
 @pytest.fixture(scope="session")
 def shared_servers() -> Iterator[ServerFactory]:
     """The few servers many tests share (one per test model), stopped at the end."""
-    make, started = _factory()
-    yield make
-    for server in started:
-        server.stop()
+    yield from _servers()
 
 
 @pytest.fixture(scope="session")

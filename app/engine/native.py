@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
 import logging
 from collections.abc import Callable, Sequence
 
@@ -31,13 +30,12 @@ def attention_candidates(device: str, dtype: torch.dtype) -> list[AttentionPath]
     return [*fused, "sdpa-padded"]
 
 
-def pick_attention(device: str, dtype: torch.dtype) -> AttentionPath:
-    """The first candidate whose kernel is installed (not yet imported or checked)."""
-    for path in attention_candidates(device, dtype):
-        module = _KERNEL_MODULE.get(path)
-        if module is None or importlib.util.find_spec(module) is not None:
-            return path
-    return "sdpa-padded"
+def import_kernel(path: AttentionPath) -> None:
+    """Import the module a fused path needs (raises when it is missing or broken: the usual
+    undefined-symbol ABI mismatch of a flash-attn build); SDPA paths need nothing."""
+    module = _KERNEL_MODULE.get(path)
+    if module is not None:
+        importlib.import_module(module)
 
 
 def checked_attention(
@@ -53,7 +51,7 @@ def checked_attention(
         if path not in FUSED:
             return path
         try:
-            importlib.import_module(_KERNEL_MODULE[path])
+            import_kernel(path)
             run_check(path)
         except Exception as exc:
             log.warning("attention path %s is not usable here (%s); trying the next one",

@@ -10,7 +10,7 @@ import torch
 
 from app.engine import native
 from app.engine.modeling import attention
-from app.engine.native import attention_candidates, checked_attention, pack, pick_attention
+from app.engine.native import attention_candidates, checked_attention, pack
 
 
 def naive(qkv: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
@@ -56,7 +56,7 @@ def test_pack_moves_one_staging_buffer() -> None:
 
 
 def test_cpu_uses_per_sequence_sdpa() -> None:
-    assert pick_attention("cpu", torch.bfloat16) == "sdpa-per-sequence"
+    assert attention_candidates("cpu", torch.bfloat16) == ["sdpa-per-sequence"]
     assert checked_attention("cpu", torch.float32, 12, 64) == "sdpa-per-sequence"
 
 
