@@ -1,6 +1,6 @@
 """Side by side with Infinity, on one machine, same model, same dtype, same work.
 
-    .venv/bin/python -m bench.compare                 # about 15 minutes on 2 CPU cores
+    .venv/bin/python -m bench.compare                 # about 45 minutes on 2 CPU cores
 
 1. Installs Infinity (`infinity-emb[torch,server]`) in its own virtual environment (once),
    with the same torch build as ours, and writes (once) a random model with jina-reranker-v2's
@@ -13,14 +13,16 @@
    send, and the 429s are reported. Fixed work rather than a fixed time: on a CPU one request
    of the RAG mix is seconds of compute, and a time window holds too few of them for a stable
    ratio.
-3. Open loop (Poisson arrivals) at 50% of the lower of the two measured capacities, both.
+3. Open loop (Poisson arrivals) at fractions of the lower of the two measured capacities
+   (`--sweep`, default 0.5 1 1.5), both: completed work and latency against offered load.
 4. The in-process engine bound: the same requests through our engine, no HTTP.
 5. Fairness (our server): small requests alone, then while one 500,000-token document is
    being scored; the tiny generated model is used here, since this measures scheduling, and
    the full-size model would need minutes of CPU for that one document.
-Ends with one table. The workload: fixed-seed requests of 1 query (5-25 words) and 10-100
-documents of 20-400 words, 5% of them 1000-3000 words. Both servers and the
-engine bound run on the same allocator: this process re-executes itself on tcmalloc when it is
+Ends with one table, and writes the figures (SVG) into `--plots` (default docs/img): the load
+curves of both servers and the fairness timeline. The workload: fixed-seed requests of 1 query
+(5-25 words) and 10-100 documents of 20-400 words, 5% of them 1000-3000 words. Both servers and
+the engine bound run on the same allocator: this process re-executes itself on tcmalloc when it is
 installed (app/allocator.py), and both servers inherit its LD_PRELOAD, so the allocator (1.15-1.29x
 on a CPU, `bench.allocator`) is not part of the ratio.
 """
@@ -38,6 +40,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,7 @@ from app.engine.loading import load_model
 from app.runtime import default_batch_tokens
 from bench.engine import ensure_model
 from bench.loadgen import Body, Stats, fixed_work, jina_body, open_loop
+from bench.plots import LoadPoint, Probe, fairness_timeline, load_curves
 from bench.servers import Running, infinity, ours
 from bench.workload import Request, make_requests, with_token_counts
 
@@ -156,18 +160,21 @@ def engine_bound(model: str, requests: list[Request], device: str, dtype: str,
     return sum(len(r.documents) for r in requests) / seconds, windowed / first
 
 
-async def _fairness_probe(url: str, small: list[Request], big: Request | None) -> list[float]:
-    """Latencies of small requests sent one after another; with `big`, they start right after
-    it is sent (its tokenization included) and only those answered while it was still in
-    flight count."""
+async def _fairness_probe(url: str, small: list[Request],
+                          big: Request | None) -> tuple[list[Probe], float]:
+    """Small requests sent one after another; with `big`, they start right after it is sent
+    (its tokenization included) and only those answered while it was still in flight count.
+    Returns them with their send times, and when the big request was answered (s from the
+    start; 0 without one)."""
     import httpx
 
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        start = time.perf_counter()
         big_task = None
         if big is not None:
             big_task = asyncio.ensure_future(client.post("/v1/rerank", json=jina_body(big)))
             await asyncio.sleep(0.05)  # it is on the wire first
-        latencies = []
+        probes = []
         for req in small:
             if big_task is not None and big_task.done():
                 break
@@ -175,16 +182,33 @@ async def _fairness_probe(url: str, small: list[Request], big: Request | None) -
             r = await client.post("/v1/rerank", json=jina_body(req))
             assert r.status_code == 200, r.text
             if big_task is None or not big_task.done():
-                latencies.append(time.perf_counter() - t0)
+                probes.append(Probe(t0 - start, time.perf_counter() - t0))
             await asyncio.sleep(0.01)
+        big_end = 0.0
         if big_task is not None:
             r = await big_task
+            big_end = time.perf_counter() - start
             assert r.status_code == 200, f"the big request failed: {r.status_code} {r.text[:200]}"
-    return latencies
+    return probes, big_end
 
 
-def fairness(tiny_model: str, flags: tuple[str, ...] = ()) -> tuple[float, float, int, int]:
-    """p99 of small requests without and with a 500,000-token document in flight."""
+@dataclass(frozen=True)
+class FairnessRun:
+    alone: list[Probe]
+    shared: list[Probe]
+    big_end_s: float
+    big_tokens: int
+
+    def p99(self, probes: list[Probe]) -> float:
+        return Stats(latencies=[p.latency_s for p in probes]).percentile(0.99)
+
+    @property
+    def ratio(self) -> float:
+        return self.p99(self.shared) / self.p99(self.alone)
+
+
+def fairness(tiny_model: str, flags: tuple[str, ...] = ()) -> FairnessRun:
+    """Small requests without and with a 500,000-token document in flight."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
@@ -198,12 +222,11 @@ def fairness(tiny_model: str, flags: tuple[str, ...] = ()) -> tuple[float, float
     with ours(tiny_model, "--device", "cpu", "--dtype", "bfloat16", "--request-timeout", "600",
               *flags,
               "--max-queue", "200000") as server:
-        alone = asyncio.run(_fairness_probe(server.url, small[:40], None))
-        shared = asyncio.run(_fairness_probe(server.url, small, big))
+        alone, _ = asyncio.run(_fairness_probe(server.url, small[:40], None))
+        shared, big_end = asyncio.run(_fairness_probe(server.url, small, big))
     if len(shared) < 20:
         raise SystemExit(f"only {len(shared)} small requests overlapped the big one: too few")
-    return (Stats(latencies=alone).percentile(0.99), Stats(latencies=shared).percentile(0.99),
-            tokens, len(shared))
+    return FairnessRun(alone, shared, big_end, tokens)
 
 
 def main() -> None:
@@ -232,8 +255,14 @@ def main() -> None:
                         help="documents per request (default: the RAG mix, 10-100)")
     parser.add_argument("--requests", type=int, default=16,
                         help="distinct requests: the fixed work of one closed-loop run")
-    parser.add_argument("--open-loop-requests", type=int, default=12,
-                        help="0 skips the open loop")
+    parser.add_argument("--open-loop-requests", type=int, default=8,
+                        help="requests per open-loop point; 0 skips the open loop")
+    parser.add_argument("--sweep", type=float, nargs="+", default=(0.5, 1.0, 1.5),
+                        metavar="FRACTION",
+                        help="open-loop arrival rates, as fractions of the lower closed-loop"
+                        " capacity")
+    parser.add_argument("--plots", type=Path, default=ROOT / "docs/img",
+                        help="where the figures (SVG) are written")
     args = parser.parse_args()
     args.max_batch_tokens = args.max_batch_tokens or default_batch_tokens([args.device])
     # The engine bound runs in this process: give it the allocator the server gets.
@@ -243,7 +272,7 @@ def main() -> None:
     if args.fairness_batch_tokens:
         fairness_flags = ("--max-batch-tokens", str(args.fairness_batch_tokens))
     if args.only_fairness:
-        report_fairness(args.fairness_runs, fairness_flags)
+        report_fairness(args.fairness_runs, fairness_flags, args.plots)
         return
     docs = tuple(args.docs)
 
@@ -301,14 +330,20 @@ def main() -> None:
               f" {both['max_ms']:.0f} ms")
         return
 
-    rate = 0.5 * min(median(name, "requests_per_s") for name in servers)
+    capacity = min(median(name, "requests_per_s") for name in servers)
     count = args.open_loop_requests
-    opened: dict[str, Stats] = {}
+    sweep: dict[str, dict[float, Stats]] = {name: {} for name in servers}
     for name, (start, path, body) in servers.items() if count else ():
         with start() as server:
-            opened[name] = run_open(server.url, path, requests, rate, count, body)
-        print(f"{name:9s} open loop at {rate:.3f} req/s: p99"
-              f" {opened[name].summary()['p99_ms']:.0f} ms", flush=True)
+            for fraction in args.sweep:
+                stats = run_open(server.url, path, requests, fraction * capacity, count, body)
+                sweep[name][fraction] = stats
+                s = stats.summary()
+                print(f"{name:9s} open loop at {fraction:g}x ({fraction * capacity:.3f} req/s):"
+                      f" {s['documents_per_s']:.2f} docs/s, p50 {s['p50_ms']:.0f} ms, p99"
+                      f" {s['p99_ms']:.0f} ms, statuses {dict(stats.statuses)}, 429s waited out"
+                      f" {stats.refusals}", flush=True)
+    opened = {name: runs[0.5] for name, runs in sweep.items() if 0.5 in runs}
 
     bound, flop_ratio = engine_bound(model, requests, args.device, args.dtype,
                                      args.max_batch_tokens)
@@ -322,7 +357,8 @@ def main() -> None:
           f" request), {sum(r.tokens for r in requests)} tokens; closed loop: {args.concurrency}"
           f" clients over all of it, {args.rounds} rounds ({' '.join(['A B'] * args.rounds)}),"
           f" median; clients honour 429 + Retry-After; latency from the first send; open loop:"
-          f" {count} requests at {rate:.3f} req/s (50% of the lower capacity)")
+          f" {count} requests at {', '.join(f'{f:g}x' for f in args.sweep)} the lower"
+          f" capacity ({capacity:.3f} req/s; the table's open-loop columns: 0.5x)")
     print()
     print("| server | docs/s | tokens/s | req/s | p50 ms | p99 ms | non-200 | 504s | 429s waited"
           " out | open-loop p50 ms | open-loop p99 ms | open-loop max ms |")
@@ -351,30 +387,76 @@ def main() -> None:
     print(f"ours / infinity as served (ours scores every window: {flop_ratio:.2f}x the model"
           f" FLOPs): {ours_docs / inf_docs:.2f}x (target >= 1.5x)")
     print(f"ours / engine bound: {ours_docs / bound:.2f}x (target >= 0.9x)")
-    if opened:
+    if len(opened) == len(servers):
         print(f"open-loop p99, ours / infinity: {opened['ours'].summary()['p99_ms']:.0f} /"
               f" {opened['infinity'].summary()['p99_ms']:.0f} ms (target: ours lower)")
+    if count:
+        print_sweep(sweep, requests, count, capacity)
+        mean_docs = docs_total / len(requests)
+        written = load_curves(
+            args.plots / "load-curves.svg",
+            {name: [load_point(stats, f * capacity, requests, count)
+                    for f, stats in runs.items()] for name, runs in sweep.items()},
+            {name: median(name, "documents_per_s") for name in servers},
+            f"{len(requests)}-request RAG mix ({docs[0]}-{docs[1]} documents, mean"
+            f" {mean_docs:.0f}), {count} Poisson arrivals per point; {args.device},"
+            f" {args.dtype}",
+        )
+        print(f"wrote {written}")
     if not args.skip_fairness:
-        report_fairness(args.fairness_runs, fairness_flags)
+        report_fairness(args.fairness_runs, fairness_flags, args.plots)
     print(f"total {time.monotonic() - t_start:.0f} s")
 
 
-def report_fairness(runs: int = 1, flags: tuple[str, ...] = ()) -> None:
+def offered(requests: list[Request], count: int) -> int:
+    """Documents in the first `count` requests of an open loop (it cycles through them)."""
+    return sum(len(requests[i % len(requests)].documents) for i in range(count))
+
+
+def load_point(stats: Stats, rate: float, requests: list[Request], count: int) -> LoadPoint:
+    return LoadPoint(offered_docs_per_s=rate * offered(requests, count) / count,
+                     completed_docs_per_s=stats.summary()["documents_per_s"],
+                     p50_s=stats.percentile(0.5), p99_s=stats.percentile(0.99),
+                     refusals=stats.refusals)
+
+
+def print_sweep(sweep: dict[str, dict[float, Stats]], requests: list[Request], count: int,
+                capacity: float) -> None:
+    print()
+    print("| server | offered (x capacity) | offered docs/s | completed docs/s | p50 ms | p99 ms"
+          " | non-200 | 429s waited out |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, runs in sweep.items():
+        for fraction, stats in sorted(runs.items()):
+            point = load_point(stats, fraction * capacity, requests, count)
+            s = stats.summary()
+            print(f"| {name} | {fraction:g} | {point.offered_docs_per_s:.2f} |"
+                  f" {point.completed_docs_per_s:.2f} | {s['p50_ms']:.0f} | {s['p99_ms']:.0f} |"
+                  f" {s['errors']:.0f} | {stats.refusals} |")
+
+
+def report_fairness(runs: int = 1, flags: tuple[str, ...] = (),
+                    plots: Path | None = None) -> None:
     ratios = []
     with tempfile.TemporaryDirectory() as tmp:
         from app.testmodel import write_test_model
 
         tiny = str(write_test_model(Path(tmp) / "tiny", max_length=512, hidden=64))
-        for run in range(runs):
-            alone, shared, tokens, overlapped = fairness(tiny, flags)
-            ratios.append(shared / alone)
-            print(f"fairness run {run + 1}: small-request p99 {alone * 1000:.0f} ms alone (40"
-                  f" requests), {shared * 1000:.0f} ms while a {tokens}-token document was"
-                  f" tokenized and scored ({overlapped} requests): {shared / alone:.2f}x"
+        for n in range(runs):
+            run = fairness(tiny, flags)
+            alone, shared = run.p99(run.alone), run.p99(run.shared)
+            ratios.append(run.ratio)
+            print(f"fairness run {n + 1}: small-request p99 {alone * 1000:.0f} ms alone (40"
+                  f" requests), {shared * 1000:.0f} ms while a {run.big_tokens}-token document"
+                  f" was tokenized and scored ({len(run.shared)} requests): {run.ratio:.2f}x"
                   " (target <= 3x); the big request completed", flush=True)
     print(f"fairness{' (' + ' '.join(flags) + ')' if flags else ''}:"
           f" {sum(r <= 3 for r in ratios)} of {runs} runs within 3x"
           f" ({min(ratios):.2f}-{max(ratios):.2f}x)")
+    if plots is not None:  # the last run's timeline
+        written = fairness_timeline(plots / "fairness.svg", run.alone, run.shared,
+                                    (0.0, run.big_end_s), run.big_tokens)
+        print(f"wrote {written}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ it at the end. The mix: 1 query and 5-40 documents of 20-400 words (2% of them 1
 every 25th request carries one document of about 50,000 tokens. Clients honour 429 +
 Retry-After. Every --interval seconds it prints requests/s, p50/p99 latency, answers by
 status, 429s waited out and the server's resident memory; the last lines compare the RSS after
-warm-up with the end, and over the last third of the run (the steady state). Not part of CI.
+warm-up with the end, and over the last third of the run (the steady state), and a figure of
+memory and throughput over time is written (--plot, SVG). Not part of CI.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import time
 from pathlib import Path
 
 from bench.loadgen import closed_loop
+from bench.plots import SoakSample, soak_memory
 from bench.servers import ours
 from bench.workload import Request, make_requests
 
+ROOT = Path(__file__).resolve().parents[1]
 BIG_EVERY = 25
 BIG_WORDS = 40_000
 """About 50,000 tokens with the generated models' tokenizer."""
@@ -55,6 +58,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--interval", type=float, default=30, help="seconds per report line")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs/img/soak.svg",
+                        help="where the figure (SVG) is written")
     args = parser.parse_args()
     if not (args.model or args.url):
         parser.error("give --model or --url")
@@ -71,7 +76,7 @@ def main() -> None:
 def soak(args: argparse.Namespace, url: str, pid: int | None) -> None:
     requests = soak_requests()
     end = time.monotonic() + 60 * args.minutes
-    samples: list[tuple[float, float]] = []
+    samples: list[SoakSample] = []
     totals = {"requests": 0, "errors": 0, "refusals": 0}
     print("  t(s)  req/s  p50 ms  p99 ms  non-200  429s  RSS MB")
     t0 = time.monotonic()
@@ -82,21 +87,25 @@ def soak(args: argparse.Namespace, url: str, pid: int | None) -> None:
                                         warmup_s=0.0, retry=True))
         s = stats.summary()
         rss = rss_mb(pid) if pid else float("nan")
-        samples.append((time.monotonic() - t0, rss))
+        samples.append(SoakSample(time.monotonic() - t0, rss, s["requests_per_s"],
+                                  s["p99_ms"] / 1000))
         totals["requests"] += len(stats.latencies)
         totals["errors"] += int(s["errors"])
         totals["refusals"] += stats.refusals
         bad = {k: v for k, v in stats.statuses.items() if k != "200"}
-        print(f"{samples[-1][0]:6.0f} {s['requests_per_s']:6.1f} {s['p50_ms']:7.0f}"
+        print(f"{samples[-1].t_s:6.0f} {s['requests_per_s']:6.1f} {s['p50_ms']:7.0f}"
               f" {s['p99_ms']:7.0f} {bad or 0!s:>8} {stats.refusals:5d} {rss:7.0f}", flush=True)
-    first, last = samples[0][1], samples[-1][1]
-    total_s = samples[-1][0]
-    steady = next(rss for t, rss in samples if t >= total_s * 2 / 3)
+    first, last = samples[0].rss_mb, samples[-1].rss_mb
+    total_s = samples[-1].t_s
+    steady = next(x.rss_mb for x in samples if x.t_s >= total_s * 2 / 3)
     print(f"total: {totals['requests']} requests answered 200, {totals['errors']} errors,"
           f" {totals['refusals']} 429s waited out; RSS {first:.0f} -> {last:.0f} MB"
           f" ({last - first:+.0f} MB)")
     print(f"last third of the run ({total_s / 3 / 60:.0f} min): RSS {steady:.0f} -> {last:.0f} MB,"
           f" {100 * (last - steady) / steady:+.2f}% (target < 2%)")
+    title = (f"Soak: {args.concurrency} clients, {total_s / 60:.0f} min,"
+             f" {totals['requests']} requests answered 200, {totals['errors']} errors")
+    print(f"wrote {soak_memory(args.plot, samples, title)}")
 
 
 if __name__ == "__main__":

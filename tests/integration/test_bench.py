@@ -124,7 +124,10 @@ def test_burst_benchmark_counts_every_answer(xlmr_dir: str) -> None:
     assert "429 without Retry-After: 0" in burst_line
 
 
-def test_soak_reports_memory_over_the_last_third(xlmr_dir: str) -> None:
+def test_soak_reports_memory_over_the_last_third(xlmr_dir: str, tmp_path: Path) -> None:
+    plot = tmp_path / "soak.svg"
     out = _run("bench.soak", "--model", xlmr_dir, "--minutes", "0.1", "--interval", "2",
-               "--concurrency", "2")
+               "--concurrency", "2", "--plot", str(plot))
     assert "last third of the run" in out and "requests answered 200" in out
+    svg = plot.read_text()
+    assert svg.startswith("<?xml") and "RSS (MB)" in svg and "requests/s" in svg
