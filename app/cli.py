@@ -24,6 +24,9 @@ _SERVE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--device", "device", {}),
     ("--dtype", "dtype", {"choices": ["auto", "float32", "bfloat16", "float16"]}),
     ("--backend", "backend", {"choices": ["auto", "native", "transformers"]}),
+    ("--scoring", "scoring", {"choices": ["auto", "classifier", "qwen3-reranker",
+                                          "mxbai-rerank-v2", "bge-reranker-gemma"]}),
+    ("--default-instruction", "default_instruction", {}),
     ("--max-batch-tokens", "max_batch_tokens", {"type": int}),
     ("--max-wait-ms", "max_wait_ms", {"type": float}),
     ("--max-queue", "max_queue", {"type": int}),
@@ -36,6 +39,7 @@ _SERVE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--request-timeout", "request_timeout_s", {"type": float}),
     ("--shutdown-grace", "shutdown_grace_s", {"type": float}),
     ("--api-key", "api_keys", {"action": "append"}),
+    ("--docs", "docs", {"choices": ["on", "off"]}),
     ("--hf-cache-dir", "hf_cache_dir", {}),
     ("--log-level", "log_level", {}),
     ("--log-format", "log_format", {"choices": ["text", "json"]}),
@@ -62,10 +66,16 @@ def _parser() -> argparse.ArgumentParser:
 
     make = sub.add_parser(
         "make-test-model",
-        help="write a small random cross-encoder (offline), to try the service without downloads",
+        help="write a small random reranker (offline), to try the service without downloads",
     )
     make.add_argument("out_dir", help="directory to write")
-    make.add_argument("--family", choices=["xlm-roberta", "bert"], default="xlm-roberta")
+    make.add_argument(
+        "--family", choices=["xlm-roberta", "bert", "qwen3", "qwen2", "gemma"],
+        default="xlm-roberta",
+        help="a cross-encoder (xlm-roberta, bert) or a decoder reranker: qwen3 (as"
+        " Qwen3-Reranker), qwen2 (as mxbai-rerank-v2), gemma (as bge-reranker-v2-gemma); serve"
+        " a decoder with --scoring, or write it into a directory named after its model",
+    )
     make.add_argument("--max-length", type=int, default=512)
     make.add_argument(
         "--naming", choices=["stock", "jina"], default="stock",
@@ -105,8 +115,23 @@ def main(argv: list[str] | None = None) -> int:
 def make_test_model(args: argparse.Namespace) -> int:
     import tempfile
 
-    from app.testmodel import JINA_V2_SHAPE, write_jina_checkpoint, write_test_model
+    from app.testmodel import (
+        DECODER_RERANKER_NAMES,
+        JINA_V2_SHAPE,
+        write_decoder_test_model,
+        write_jina_checkpoint,
+        write_test_model,
+    )
 
+    if args.family in DECODER_RERANKER_NAMES:
+        if args.naming == "jina" or args.full_size:
+            print("reranker: --naming jina and --full-size are for cross-encoders",
+                  file=sys.stderr)
+            return 2
+        out = write_decoder_test_model(args.out_dir, args.family, max_length=args.max_length)
+        print(f"wrote a random {args.family} decoder reranker (scores like"
+              f" {DECODER_RERANKER_NAMES[args.family]}) to {out}")
+        return 0
     if args.naming == "jina" and args.family != "xlm-roberta":
         print("reranker: --naming jina is for --family xlm-roberta", file=sys.stderr)
         return 2

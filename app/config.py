@@ -46,6 +46,19 @@ class Settings(BaseSettings):
         description="native (packed batches, both checkpoint namings; auto picks it) or"
         " transformers (stock AutoModelForSequenceClassification, padded).",
     )
+    scoring: Literal[
+        "auto", "classifier", "qwen3-reranker", "mxbai-rerank-v2", "bge-reranker-gemma"
+    ] = Field(
+        "auto",
+        description="How the model scores: classifier (a cross-encoder's head) or a decoder"
+        " reranker's recipe. auto: classifier, or for a causal LM the recipe its architecture"
+        " and model name call for (Qwen3-Reranker, mxbai-rerank, bge-reranker-v2-gemma).",
+    )
+    default_instruction: str | None = Field(
+        None,
+        description="Instruction of requests that send none, for recipes that take one"
+        " (default: the recipe's own).",
+    )
     max_batch_tokens: int | None = Field(
         None, ge=1,
         description="Token budget of one forward pass (padded tokens when padding). Default:"
@@ -87,6 +100,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Bearer keys required on every route except /health, /ready, /metrics and"
         " the API docs; none = open. Env: comma separated.",
+    )
+    docs: Literal["on", "off"] = Field(
+        "on",
+        description="on: Swagger UI at /docs and the OpenAPI document at /openapi.json, served"
+        " from the package (no internet needed); off: neither, no surface beyond the API.",
     )
     hf_cache_dir: str | None = Field(None, description="Hugging Face cache directory.")
     log_level: str = Field("info", description="Log level.")

@@ -9,10 +9,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import start_http_server
 
-from app.api import cohere, jina, tei
+from app.api.dialects import DIALECTS
+from app.api.docs import OPENAPI_URL, install_docs
 from app.api.handlers import install_error_handlers
 from app.api.middleware import ServingMiddleware
 from app.api.routes import ops, scrape, v1
+from app.api.runner import rerank_router
 from app.config import Settings
 from app.metrics import Metrics
 from app.runtime import Loader, Runtime, default_loader
@@ -50,18 +52,22 @@ def create_app(
 
     app = FastAPI(
         title="reranker",
-        summary="Cross-encoder reranking with a Jina-compatible API",
+        summary="Reranking behind the APIs its clients already speak: Jina, Cohere, TEI, Infinity,"
+        " vLLM, NVIDIA NIM and Mixedbread",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # install_docs serves /docs from the package, not from a CDN
+        redoc_url=None,
+        openapi_url=OPENAPI_URL if settings.docs == "on" else None,
     )
     app.state.runtime = runtime
-    app.include_router(jina.router)
-    app.include_router(cohere.router)
-    app.include_router(tei.router)
+    app.include_router(rerank_router(DIALECTS))
     app.include_router(v1)
     app.include_router(ops)
     if settings.metrics_port is None:
         app.include_router(scrape)
+    if settings.docs == "on":
+        install_docs(app, api_keys=bool(settings.api_keys))
     install_error_handlers(app)
     app.add_middleware(
         ServingMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics,

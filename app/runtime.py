@@ -16,8 +16,7 @@ from app.batching.worker import Worker
 from app.config import Settings
 from app.engine.backends import Scorer, device_memory_bytes, is_out_of_memory, release_cached_memory
 from app.engine.loading import LoadedModel, load_model
-from app.engine.tokenize import PairEncoder
-from app.engine.windows import window_budget
+from app.engine.tokenize import Encoder
 from app.errors import NotReady
 from app.metrics import Metrics
 from app.service import RerankService
@@ -51,7 +50,8 @@ def batch_token_budget(settings: Settings, devices: list[str]) -> int:
 def default_loader(settings: Settings) -> LoadedModel:
     return load_model(
         settings.model, device=settings.device, dtype=settings.dtype,
-        backend=settings.backend, cache_dir=settings.hf_cache_dir,
+        backend=settings.backend, cache_dir=settings.hf_cache_dir, scoring=settings.scoring,
+        default_instruction=settings.default_instruction,
     )
 
 
@@ -62,14 +62,13 @@ def _timed_forward(scorer: Scorer, batch: list[np.ndarray], split: int) -> tuple
     return sum(map(len, batch)), time.perf_counter() - t0
 
 
-def _mixed_windows(encoder: PairEncoder, query: np.ndarray, window: int,
-                   tokens: int) -> list[np.ndarray]:
+def _mixed_windows(encoder: Encoder, window: int, tokens: int) -> list[np.ndarray]:
     """Windows of six different lengths (full down to an eighth) filling `tokens`."""
     batch: list[np.ndarray] = []
     total = part = 0
     while total < tokens or not batch:
         size = max(1, window // (1, 2, 3, 4, 6, 8)[part % 6])
-        pair = encoder.pair_ids(query, [encoder.sep_id] * size)
+        pair, _ = encoder.filler(size)
         if batch and total + len(pair) > tokens:
             break
         batch.append(pair)
@@ -254,18 +253,17 @@ class Runtime:
         halved until the batch fits every device). That batch, timed twice, seeds the
         throughput estimate admission predicts with. Returns the budget and the timings."""
         encoder = model.encoder
-        query = encoder.encode_query("warm up")
-        window = window_budget(encoder.max_length, len(query))
-        longest = encoder.pair_ids(query, [encoder.sep_id] * window)
+        window = encoder.window_tokens()
+        longest, split = encoder.filler(window)
         for scorer in model.scorers:
-            scorer.score([longest], [len(query)])
+            scorer.score([longest], [split])
         while True:
-            batch = _mixed_windows(encoder, query, window, budget)
+            batch = _mixed_windows(encoder, window, budget)
             try:
                 timings = []
                 for scorer in model.scorers:
                     # the faster of two runs: the first can still pay one-time costs
-                    runs = [_timed_forward(scorer, batch, len(query)) for _ in range(2)]
+                    runs = [_timed_forward(scorer, batch, split) for _ in range(2)]
                     timings.append(min(runs, key=lambda run: run[1] / run[0]))
                 return budget, timings
             except Exception as exc:

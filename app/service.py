@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.batching.scheduler import Scheduler
-from app.engine.tokenize import EncodedRequest, PairEncoder
-from app.engine.windows import scored_tokens
-from app.errors import RequestTooLarge
+from app.engine.tokenize import EncodedRequest, Encoder
+from app.engine.windows import prompt_scored_tokens
+from app.errors import InvalidRequest, RequestTooLarge
 from app.metrics import Metrics
 
 BULK_CHARS = 200_000
@@ -86,7 +86,7 @@ def sigmoid32(logits: np.ndarray) -> np.ndarray:
 class RerankService:
     def __init__(
         self,
-        encoder: PairEncoder,
+        encoder: Encoder,
         scheduler: Scheduler,
         metrics: Metrics,
         *,
@@ -114,6 +114,7 @@ class RerankService:
         top_n: int | None = None,
         truncation: Truncation | None = None,
         timeout_s: float = math.inf,
+        instruction: str | None = None,
     ) -> RerankOutcome:
         """Documents ranked by relevance to the query (score desc, then index asc), cut to top_n.
 
@@ -123,6 +124,11 @@ class RerankService:
         The request is admitted (or refused with 429/413) on its estimated tokens before any
         tokenizing: see Scheduler.admit.
         """
+        if instruction is not None and not self.encoder.takes_instruction:
+            raise InvalidRequest(
+                "instruction: the served model is a cross-encoder that reads only the query and"
+                " each document; it takes no instruction: leave it out"
+            )
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         first_seen: dict[str, int] = {}
@@ -133,11 +139,13 @@ class RerankService:
         cut = truncation or Truncation()
         unique = list(first_seen)
         encode = functools.partial(
-            self.encoder.encode, query, unique, max_doc_tokens=cut.max_doc_tokens,
-            keep_tail=cut.keep_tail, max_windows=cut.max_windows,
+            self.encoder.encode, query, unique, instruction=instruction,
+            max_doc_tokens=cut.max_doc_tokens, keep_tail=cut.keep_tail,
+            max_windows=cut.max_windows,
         )
         chars = len(query) + sum(map(len, unique))
-        job = self.scheduler.admit(self.estimate_tokens(query, unique, cut), timeout_s)
+        estimate = self.estimate_tokens(query, unique, cut, instruction)
+        job = self.scheduler.admit(estimate, timeout_s)
         try:
             lane = self._bulk_lane if chars > BULK_CHARS else self._lane
             encoded: EncodedRequest = await loop.run_in_executor(lane, encode)
@@ -174,18 +182,61 @@ class RerankService:
             results, encoded.total_tokens, tokenization_s, job.queue_s, job.inference_s
         )
 
+    async def rerank_each(
+        self,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        truncation: Truncation | None = None,
+        timeout_s: float = math.inf,
+        instruction: str | None = None,
+    ) -> RerankOutcome:
+        """Each document scored against its own query (vLLM's N:N scoring); results in input
+        order. The documents of one query are ranked in one call, the calls side by side; if
+        one fails, the others are cancelled."""
+        groups: dict[str, list[int]] = {}
+        for i, query in enumerate(queries):
+            groups.setdefault(query, []).append(i)
+        calls = [
+            asyncio.ensure_future(
+                self.rerank(query, [documents[i] for i in idx], None, truncation, timeout_s,
+                            instruction)
+            )
+            for query, idx in groups.items()
+        ]
+        try:
+            outcomes = await asyncio.gather(*calls)
+        except BaseException:
+            for call in calls:
+                call.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
+            raise
+        results = sorted(
+            (RankedDocument(idx[r.index], r.score, r.logit)
+             for idx, outcome in zip(groups.values(), outcomes, strict=True)
+             for r in outcome.results),
+            key=lambda r: r.index,
+        )
+        return RerankOutcome(
+            results, sum(o.total_tokens for o in outcomes),
+            max((o.tokenization_s for o in outcomes), default=0.0),
+            max((o.queue_s for o in outcomes), default=0.0),
+            max((o.inference_s for o in outcomes), default=0.0),
+        )
 
-    def estimate_tokens(self, query: str, documents: Sequence[str], cut: Truncation) -> int:
+    def estimate_tokens(self, query: str, documents: Sequence[str], cut: Truncation,
+                        instruction: str | None = None) -> int:
         """Tokens the request will feed the model, from its characters alone (no tokenizing)."""
         per_token = self.chars_per_token.value
         encoder = self.encoder
-        query_len = min(encoder.max_query_length, math.ceil(len(query) / per_token) + 2)
+        prompt_len = encoder.prompt_tokens(math.ceil(len(query) / per_token),
+                                           math.ceil(len(instruction or "") / per_token))
         total = 0
         for text in documents:
             doc_len = math.ceil(len(text) / per_token)
             if cut.max_doc_tokens is not None:
                 doc_len = min(doc_len, cut.max_doc_tokens)
-            total += scored_tokens(doc_len, query_len, encoder.max_length, cut.max_windows)
+            total += prompt_scored_tokens(doc_len, prompt_len, encoder.max_length,
+                                          cut.max_windows)
         return total
 
 

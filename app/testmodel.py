@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from app.engine.tokenize import Family
 
@@ -234,4 +234,107 @@ def write_jina_checkpoint(
         if (stock / name).exists():
             shutil.copy(stock / name, out / name)
     shutil.copy(stock / "tokenizer_config.json", out / "tokenizer_config.json")
+    return out
+
+
+DecoderFamily = Literal["qwen3", "qwen2", "gemma"]
+QWEN3_06B_SHAPE: dict[str, int] = dict(
+    hidden=1024, layers=28, heads=16, kv_heads=8, head_dim=128, intermediate=3072,
+    model_vocab_size=151669,
+)
+"""write_decoder_test_model's size arguments for Qwen3-Reranker-0.6B's shapes (benchmarks)."""
+DECODER_RERANKER_NAMES: dict[str, str] = {
+    "qwen3": "Qwen3-Reranker", "qwen2": "mxbai-rerank-v2", "gemma": "bge-reranker-v2-gemma",
+}
+"""The model name each family's test model is served under (the recipe auto-detection reads
+it from the directory name, as it would from a hub id)."""
+
+
+def _decoder_tokenizer(family: DecoderFamily, max_length: int) -> Any:
+    """A byte-level BPE tokenizer trained on the corpus plus the recipes' own text, with the
+    chat tokens the templates use, so every template piece and scoring token tokenizes as it
+    would with the real one: `yes`, `no` and `Yes` as single tokens, digits as bytes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from app.engine import recipes
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    specials = (["<|endoftext|>", "<|im_start|>", "<|im_end|>"] if family != "gemma"
+                else ["<pad>", "<eos>", "<bos>"])
+    template_text = [recipes.QWEN3_SYSTEM, recipes.QWEN3_SUFFIX, recipes.QWEN3_INSTRUCTION,
+                     recipes.MXBAI_PREFIX, recipes.MXBAI_TASK, recipes.BGE_GEMMA_PROMPT]
+    answers = ["yes", "no", "Yes", "No"] * 50
+    trainer = trainers.BpeTrainer(
+        vocab_size=3000, show_progress=False, special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    raw.train_from_iterator(iter([*_corpus(), *template_text * 5, *answers]), trainer=trainer)
+    if family == "qwen3":
+        raw.add_tokens(["<think>", "</think>"])  # added tokens, not special: as Qwen3's
+    if family == "gemma":
+        return PreTrainedTokenizerFast(
+            tokenizer_object=raw, model_max_length=max_length, bos_token="<bos>",
+            eos_token="<eos>", pad_token="<pad>",
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=raw, model_max_length=max_length, eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )
+
+
+def write_decoder_test_model(
+    out_dir: str | Path,
+    family: DecoderFamily = "qwen3",
+    *,
+    max_length: int = 512,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    head_dim: int | None = None,
+    intermediate: int | None = None,
+    model_vocab_size: int | None = None,
+    seed: int = 0,
+) -> Path:
+    """A tiny random decoder reranker with a locally trained tokenizer: Qwen3 (tied LM head,
+    q/k norms), Qwen2 (q/k/v biases, its own LM head) or Gemma, in transformers' own format.
+    The size arguments give other shapes (QWEN3_06B_SHAPE: Qwen3-Reranker-0.6B's)."""
+    import torch
+    from transformers import (
+        GemmaConfig,
+        GemmaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tokenizer = _decoder_tokenizer(family, max_length)
+    common: dict[str, Any] = dict(
+        vocab_size=model_vocab_size or len(tokenizer), hidden_size=hidden,
+        intermediate_size=intermediate or 2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads,
+        head_dim=head_dim or hidden // heads, max_position_embeddings=max_length,
+        initializer_range=0.2,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    model: torch.nn.Module
+    if family == "qwen3":
+        model = Qwen3ForCausalLM(Qwen3Config(
+            tie_word_embeddings=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0}, **common))
+    elif family == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(
+            tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0}, **common))
+    else:
+        model = GemmaForCausalLM(GemmaConfig(bos_token_id=tokenizer.bos_token_id, **common))
+    tokenizer.save_pretrained(out)
+    model.save_pretrained(out)  # type: ignore[operator]
     return out

@@ -1,9 +1,12 @@
 """In-process engine benchmark: native vs transformers backend on the same pairs, same batches.
 
     .venv/bin/python -m bench.engine [--pairs 96] [--rounds 2] [--dtype bfloat16]
+    .venv/bin/python -m bench.engine --model qwen3-0.6b --pairs 24
 
 Generates (once, cached under --model-dir) a random model with jina-reranker-v2's shapes
-(12 layers, hidden 768, 12 heads, vocab 250002, max length 1024), tokenizes a fixed-seed
+(12 layers, hidden 768, 12 heads, vocab 250002, max length 1024), or with `--model qwen3-0.6b`
+one with Qwen3-Reranker-0.6B's (28 layers, hidden 1024, 16 query and 8 key/value heads of 128,
+vocab 151669; served with its recipe, prompts up to 8192 tokens), tokenizes a fixed-seed
 RAG-like mix of pairs (queries 5-25 words, documents 20-400 words, 5% of 1000-3000 words,
 windowed like the service does), and runs the backends alternately (A B A B) over batches
 formed like the scheduler forms them (length-sorted look-ahead, token budget, padded cost for
@@ -18,6 +21,7 @@ import os
 import platform
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,12 +35,39 @@ from bench.workload import make_pairs
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def ensure_model(model_dir: Path) -> Path:
-    if not (model_dir / "config.json").exists():
-        from app.testmodel import JINA_V2_SHAPE, write_test_model
+@dataclass(frozen=True)
+class Shape:
+    """What the FLOP count and the matmul ceiling need of a model."""
 
-        print(f"writing a full-size random model to {model_dir} ...", flush=True)
-        write_test_model(model_dir, "xlm-roberta", max_length=1024, **JINA_V2_SHAPE)
+    hidden: int
+    layers: int
+    inter: int
+    q_width: int
+    kv_width: int
+    causal: bool
+
+
+JINA_SHAPE = Shape(hidden=768, layers=12, inter=3072, q_width=768, kv_width=768, causal=False)
+QWEN3_SHAPE = Shape(hidden=1024, layers=28, inter=3072, q_width=2048, kv_width=1024,
+                    causal=True)
+MODELS = {"jina": (Path("/tmp/reranker-bench/jina-shaped"), JINA_SHAPE),
+          "qwen3-0.6b": (Path("/tmp/reranker-bench/Qwen3-Reranker-0.6B-shaped"), QWEN3_SHAPE)}
+
+
+def ensure_model(model_dir: Path, kind: str = "jina") -> Path:
+    if not (model_dir / "config.json").exists():
+        from app.testmodel import (
+            JINA_V2_SHAPE,
+            QWEN3_06B_SHAPE,
+            write_decoder_test_model,
+            write_test_model,
+        )
+
+        print(f"writing a full-size random {kind} model to {model_dir} ...", flush=True)
+        if kind == "jina":
+            write_test_model(model_dir, "xlm-roberta", max_length=1024, **JINA_V2_SHAPE)
+        else:
+            write_decoder_test_model(model_dir, "qwen3", max_length=40960, **QWEN3_06B_SHAPE)
     return model_dir
 
 
@@ -59,24 +90,27 @@ def form_batches(pairs: list[Pair], budget: int, pads: bool, lookahead: int) -> 
     return batches
 
 
-def matmul_rate(dtype: torch.dtype, seconds: float = 3.0) -> float:
-    """FLOP/s of a [2048, 768] x [768, 3072] matmul, the model's dominant shape."""
-    a = torch.randn(2048, 768, dtype=dtype)
-    b = torch.randn(768, 3072, dtype=dtype)
+def matmul_rate(dtype: torch.dtype, seconds: float = 3.0, shape: Shape = JINA_SHAPE) -> float:
+    """FLOP/s of a [2048, hidden] x [hidden, intermediate] matmul, the model's dominant shape."""
+    a = torch.randn(2048, shape.hidden, dtype=dtype)
+    b = torch.randn(shape.hidden, shape.inter, dtype=dtype)
     for _ in range(3):
         a @ b
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         a @ b
         n += 1
-    return 2 * 2048 * 768 * 3072 * n / (time.perf_counter() - t0)
+    return 2 * 2048 * shape.hidden * shape.inter * n / (time.perf_counter() - t0)
 
 
-def flops_per_pair(length: int, hidden: int = 768, layers: int = 12, inter: int = 3072) -> float:
-    """Forward FLOPs of one sequence: linears (QKV, out, MLP) plus attention scores/values."""
-    linear = 2 * length * (4 * hidden * hidden + 2 * hidden * inter)
-    attn = 4 * length * length * hidden
-    return float(layers * (linear + attn))
+def flops_per_pair(length: int, shape: Shape = JINA_SHAPE) -> float:
+    """Forward FLOPs of one sequence: linears (Q, K, V, out; the MLP's two, or SwiGLU's
+    three) plus attention scores and values (half of them under a causal mask)."""
+    h = shape.hidden
+    mlp = (3 if shape.causal else 2) * h * shape.inter
+    linear = 2 * length * (2 * h * shape.q_width + 2 * h * shape.kv_width + mlp)
+    attn = 4 * length * length * shape.q_width / (2 if shape.causal else 1)
+    return float(shape.layers * (linear + attn))
 
 
 def run_backend(scorer: Scorer, batches: list[list[Pair]]) -> float:
@@ -103,7 +137,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model-dir", type=Path, default=Path("/tmp/reranker-bench/jina-shaped"))
+    parser.add_argument("--model", choices=list(MODELS), default="jina",
+                        help="the shapes of jina-reranker-v2 or of Qwen3-Reranker-0.6B")
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="where the random model is written once (default: /tmp/...)")
     parser.add_argument("--pairs", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-batch-tokens", type=int, default=None,
@@ -119,7 +156,8 @@ def main() -> None:
     args = parser.parse_args()
     args.max_batch_tokens = args.max_batch_tokens or default_batch_tokens(["cpu"])
 
-    model_dir = ensure_model(args.model_dir)
+    default_dir, shape = MODELS[args.model]
+    model_dir = ensure_model(args.model_dir or default_dir, args.model)
     backends = {
         name: load_model(str(model_dir), device="cpu", dtype=args.dtype, backend=name)
         for name in ("native", "transformers")
@@ -127,7 +165,7 @@ def main() -> None:
     encoder = backends["native"].encoder
     pairs = [p for q, d in make_pairs(args.pairs, seed=1) for p in encoder.encode(q, [d]).pairs]
     real_tokens = sum(len(p.ids) for p in pairs)
-    flops = sum(flops_per_pair(len(p.ids)) for p in pairs)
+    flops = sum(flops_per_pair(len(p.ids), shape) for p in pairs)
     batches = {
         name: form_batches(pairs, args.max_batch_tokens, loaded.scorers[0].pads, args.lookahead)
         for name, loaded in backends.items()
@@ -141,7 +179,7 @@ def main() -> None:
             elapsed = run_backend(loaded.scorers[0], batches[name])
             times[name].append(elapsed)
             print(f"round {r + 1} {name:12s} {elapsed:7.2f} s", flush=True)
-    rate = matmul_rate(DTYPES[args.dtype])
+    rate = matmul_rate(DTYPES[args.dtype], shape=shape)
 
     print()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores,"
@@ -150,7 +188,8 @@ def main() -> None:
           f" {real_tokens} tokens (mean {real_tokens / len(pairs):.0f}, max"
           f" {max(len(p.ids) for p in pairs)})")
     print(f"batches: token budget {args.max_batch_tokens}, look-ahead {args.lookahead} pairs")
-    print(f"matmul ceiling ({args.dtype}, 2048x768x3072): {rate / 1e9:.0f} GFLOP/s")
+    print(f"model: {args.model}-shaped ({model_dir}); matmul ceiling ({args.dtype},"
+          f" 2048x{shape.hidden}x{shape.inter}): {rate / 1e9:.0f} GFLOP/s")
     print()
     print("| backend | batches | time (s, median) | docs/s | windows/s | tokens/s | GFLOP/s |"
           " % of ceiling |")

@@ -31,9 +31,9 @@ import torch
 from app.engine.loading import load_model
 from app.engine.modeling import AttentionPath
 from app.engine.native import NativeScorer, attention_candidates, import_kernel
-from app.engine.tokenize import Pair
+from app.engine.tokenize import Pair, PairEncoder
 from app.testmodel import JINA_V2_SHAPE, write_jina_checkpoint, write_test_model
-from bench.engine import flops_per_pair, form_batches, matmul_rate
+from bench.engine import Shape, flops_per_pair, form_batches, matmul_rate
 from bench.workload import make_pairs
 
 # Dense (no sparsity) bf16 tensor-core peaks, keyed by the words torch.cuda.get_device_name()
@@ -104,8 +104,11 @@ def random_pair(cls_id: int, sep_id: int, rng: random.Random, length: int) -> Pa
 def make_mixes(scorer_model: Path, small: bool) -> dict[str, Mix]:
     """The three length mixes, batched and with their token and FLOP sums precomputed."""
     enc = load_model(str(scorer_model), device="cpu", dtype="float32").encoder
+    assert isinstance(enc, PairEncoder)
     rng = random.Random(1)
     hidden, layers = (64, 2) if small else (768, 12)
+    shape = Shape(hidden=hidden, layers=layers, inter=4 * hidden, q_width=hidden,
+                  kv_width=hidden, causal=False)
     raw = {
         MIXES[0]: [random_pair(enc.cls_id, enc.sep_id, rng, 128) for _ in range(512)],
         MIXES[1]: [p for q, d in make_pairs(256, seed=2) for p in enc.encode(q, [d]).pairs],
@@ -114,7 +117,7 @@ def make_mixes(scorer_model: Path, small: bool) -> dict[str, Mix]:
     return {
         label: Mix(pairs, form_batches(pairs, 32768, pads=False, lookahead=len(pairs)),
                    sum(len(p.ids) for p in pairs),
-                   sum(flops_per_pair(len(p.ids), hidden, layers, 4 * hidden) for p in pairs))
+                   sum(flops_per_pair(len(p.ids), shape) for p in pairs))
         for label, pairs in raw.items()
     }
 

@@ -10,13 +10,13 @@ from collections.abc import Sequence
 
 from app.errors import Unauthorized
 
-OPEN_PATHS = frozenset(
-    {"/health", "/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
-)
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/docs", "/openapi.json"})
+OPEN_PREFIX = "/docs/assets/"
+"""Swagger UI's own files (app/api/docs.py)."""
 
 
 def needs_key(path: str, keys: Sequence[str]) -> bool:
-    return bool(keys) and path not in OPEN_PATHS
+    return bool(keys) and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIX)
 
 
 def check_api_key(authorization: str, keys: Sequence[str]) -> Unauthorized | None:

@@ -1,8 +1,10 @@
 """Reading a JSON request body: orjson (strict UTF-8, depth-limited, exact messages), then a
-pydantic model, with every failure mapped to the error table."""
+pydantic model, with every failure mapped to the error table; and the OpenAPI `requestBody`
+of a route that reads its body this way."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -20,8 +22,9 @@ def is_json(content_type: str) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
-async def read_json(request: Request, model: type[M]) -> M:
-    """The body as `model`. A missing content type is read as JSON (curl users forget it)."""
+async def read_json_data(request: Request) -> Any:
+    """The body parsed as JSON. A missing content type is read as JSON (curl users forget
+    it)."""
     content_type = request.headers.get("content-type")
     if content_type and not is_json(content_type):
         raise UnsupportedMediaType(
@@ -29,9 +32,13 @@ async def read_json(request: Request, model: type[M]) -> M:
             " 'Content-Type: application/json'"
         )
     try:
-        data = orjson.loads(await request.body())
+        return orjson.loads(await request.body())
     except orjson.JSONDecodeError as exc:
         raise MalformedBody(f"request body is not valid JSON ({exc}); send a JSON object") from None
+
+
+def validate(data: Any, model: type[M]) -> M:
+    """`data` as `model`, or the 422 that names every problem's place in the body."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -42,11 +49,32 @@ async def read_json(request: Request, model: type[M]) -> M:
         raise RequestValidationError(errors) from None
 
 
-def request_body_doc(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI `requestBody` for a route that reads its body with `read_json`."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
-        }
-    }
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A model's JSON schema with its `$defs` written in place: inside an OpenAPI document a
+    `#/$defs/...` reference would point at the document's root, where there are none."""
+    defs = schema.pop("$defs", {})
+
+    def expand(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return expand(defs[ref.removeprefix("#/$defs/")])
+            return {k: expand(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [expand(v) for v in node]
+        return node
+
+    expanded: dict[str, Any] = expand(schema)
+    return expanded
+
+
+def request_body_doc(models: list[type[BaseModel]],
+                     examples: Mapping[str, Any]) -> dict[str, Any]:
+    """OpenAPI `requestBody` for a route that reads its body with `read_json_data`: one
+    schema, or any of several (dialects sharing a path), and named examples."""
+    schemas = [inline_refs(m.model_json_schema()) for m in models]
+    content: dict[str, Any] = {"schema": schemas[0] if len(schemas) == 1 else {"anyOf": schemas}}
+    if examples:
+        content["examples"] = {title: {"summary": title, "value": value}
+                               for title, value in examples.items()}
+    return {"requestBody": {"required": True, "content": {"application/json": content}}}

@@ -4,17 +4,18 @@ disconnect, and the timing headers."""
 from __future__ import annotations
 
 import asyncio
-import math
-from collections.abc import Sequence
+from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
 
+from app.api.dialects.base import RerankCall
 from app.api.schemas import ErrorBody
+from app.config import Settings
 from app.errors import DeadlineExceeded, InvalidRequest, ModelNotServed, RequestTooLarge
 from app.runtime import Runtime
-from app.service import RerankOutcome, Truncation
+from app.service import RerankOutcome
 
 CLIENT_CLOSED_REQUEST = 499
 
@@ -33,51 +34,28 @@ def request_id(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", ""))
 
 
-def search_units(documents: int) -> int:
-    """Cohere's billing unit: one query over up to 100 documents."""
-    return max(1, math.ceil(documents / 100))
-
-
-async def score(
-    request: Request,
-    *,
-    model: str | None,
-    query: str,
-    texts: Sequence[str],
-    top_n: int | None,
-    truncation: Truncation | None = None,
-) -> RerankOutcome | None:
-    """Check the request against the served model and the limits, then rank. None when the
+async def score(request: Request, call: RerankCall) -> RerankOutcome | None:
+    """Check the call against the served model and the limits, then rank. None when the
     client went away before the answer was ready."""
     runtime = runtime_of(request)
     settings = runtime.settings
-    if model is not None and model not in settings.accepted_model_names:
+    if call.model is not None and call.model not in settings.accepted_model_names:
         raise ModelNotServed(
-            f"model {model!r} is not served here; use {settings.served_name!r} or omit 'model'"
+            f"model {call.model!r} is not served here; use {settings.served_name!r} or omit"
+            " 'model'"
         )
-    if len(texts) > settings.max_documents:
-        raise RequestTooLarge(
-            f"{len(texts)} documents sent; the limit is {settings.max_documents} per request"
-            " (max_documents)"
-        )
-    if len(query) > settings.max_query_chars:
-        raise RequestTooLarge(
-            f"the query has {len(query)} characters; the limit is {settings.max_query_chars}"
-            " (max_query_chars)"
-        )
-    for i, text in enumerate(texts):
-        if len(text) > settings.max_document_chars:
-            raise RequestTooLarge(
-                f"document {i} has {len(text)} characters; the limit is"
-                f" {settings.max_document_chars} (max_document_chars): split it"
-            )
+    check_limits(settings, call)
     timeout = request_timeout(request, settings.request_timeout_s)
     service = runtime.service
+    if call.queries is None:
+        work = service.rerank(call.query, call.texts, call.top_n, call.truncation, timeout,
+                              call.instruction)
+    else:
+        work = service.rerank_each(call.queries, call.texts, call.truncation, timeout,
+                                   call.instruction)
     runtime.metrics.in_flight.inc()
     try:
-        outcome = await _unless_disconnected(
-            service.rerank(query, texts, top_n, truncation, timeout), request, timeout
-        )
+        outcome = await _unless_disconnected(work, request, timeout)
     except DeadlineExceeded:
         runtime.metrics.deadline_misses.inc()  # it was admitted: the prediction failed
         raise
@@ -86,6 +64,26 @@ async def score(
     if outcome is None:
         runtime.metrics.failures.labels(reason="client_disconnected").inc()
     return outcome
+
+
+def check_limits(settings: Settings, call: RerankCall) -> None:
+    if len(call.texts) > settings.max_documents:
+        raise RequestTooLarge(
+            f"{len(call.texts)} documents sent; the limit is {settings.max_documents} per"
+            " request (max_documents)"
+        )
+    for query in call.queries or [call.query]:
+        if len(query) > settings.max_query_chars:
+            raise RequestTooLarge(
+                f"the query has {len(query)} characters; the limit is"
+                f" {settings.max_query_chars} (max_query_chars)"
+            )
+    for i, text in enumerate(call.texts):
+        if len(text) > settings.max_document_chars:
+            raise RequestTooLarge(
+                f"document {i} has {len(text)} characters; the limit is"
+                f" {settings.max_document_chars} (max_document_chars): split it"
+            )
 
 
 def disconnected_response() -> Response:
@@ -117,7 +115,7 @@ def request_timeout(request: Request, server_limit: float) -> float:
 
 
 async def _unless_disconnected(
-    work: Any, request: Request, timeout: float
+    work: Awaitable[RerankOutcome], request: Request, timeout: float
 ) -> RerankOutcome | None:
     """Await the rerank; if the client goes away (None) or the deadline passes (504), cancel
     it, which drops the request's items that are still queued."""

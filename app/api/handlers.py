@@ -9,23 +9,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
+from app.api.dialects import error_body_for
 from app.api.responses import JSONBytes
 from app.errors import RerankError, error_response_parts
 
-# TEI clients read `error` and `error_type` (next to `detail`) on its `/rerank` route.
-_TEI_ERROR_TYPES = {401: "Unauthorized", 429: "Overloaded", 500: "Backend", 503: "Unhealthy",
-                    504: "Backend"}
-
 
 def error_body(request: Request, status: int, body: dict[str, Any]) -> dict[str, Any]:
+    """The error answer in the shape of the dialect that owns the path."""
     return error_body_for(request.url.path, status, body)
-
-
-def error_body_for(path: str, status: int, body: dict[str, Any]) -> dict[str, Any]:
-    if path == "/rerank":
-        body = {**body, "error": body["detail"],
-                "error_type": _TEI_ERROR_TYPES.get(status, "Validation")}
-    return body
 
 
 def _location(loc: tuple[Any, ...]) -> str:

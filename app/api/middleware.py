@@ -14,7 +14,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.auth import check_api_key, needs_key
-from app.api.handlers import error_body_for
+from app.api.dialects import error_body_for
 from app.errors import INTERNAL_ERROR_DETAIL, error_response_parts
 from app.metrics import Metrics
 

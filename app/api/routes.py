@@ -27,6 +27,8 @@ async def list_models(request: Request) -> Response:
         devices=loaded.devices,
         backend=loaded.backend,
         attention=loaded.attention,
+        scoring=loaded.scoring,
+        takes_instruction=loaded.encoder.takes_instruction,
         dtype_probe_gflops=loaded.dtype_probe,
         tokens_per_second=runtime.tokens_per_s(),
         max_queue_time_s=runtime.settings.max_queue_time_s,

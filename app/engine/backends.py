@@ -1,4 +1,5 @@
-"""Scorers: run one batch of token-id pairs through a cross-encoder and return float32 logits."""
+"""Scorers: run one batch of token-id sequences through a reranker and return float32 logits
+(a cross-encoder's, or a decoder recipe's: app/engine/recipes.py)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,51 @@ class TransformersScorer:
         with torch.inference_mode():
             logits = self.model(**prepared).logits[:, 0]
             result: np.ndarray = logits.float().cpu().numpy()
+        return result
+
+    def score(self, ids: Sequence[TokenIds], splits: Sequence[int]) -> np.ndarray:
+        return self.run(self.prepare(ids, splits))
+
+
+class CausalLMScorer:
+    """Stock `AutoModelForCausalLM` for decoder rerankers without a native engine (Gemma),
+    left-padded so every sequence ends at the last column: the LM head runs on that column
+    only (`logits_to_keep=1`), and the recipe's rows are read from it. Positions are passed
+    explicitly, so a padded sequence is computed as it would be alone."""
+
+    pads = True
+
+    def __init__(self, model: Any, rows: Sequence[int], device: str, pad_id: int) -> None:
+        self.model = model
+        self.device = device
+        self._rows = list(rows)
+        self._pad_id = pad_id
+        self._torch_device = torch.device(device)
+
+    def prepare(self, ids: Sequence[TokenIds], splits: Sequence[int]) -> dict[str, torch.Tensor]:
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        width = int(lengths.max())
+        input_ids = np.full((len(ids), width), self._pad_id, dtype=np.int64)
+        for row, seq in enumerate(ids):
+            input_ids[row, width - len(seq):] = seq
+        columns = np.arange(width)[None, :]
+        pads = (width - lengths)[:, None]
+        mask = columns >= pads
+        positions = np.where(mask, columns - pads, 0)
+        inputs = {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(mask.astype(np.int64)),
+            "position_ids": torch.from_numpy(positions),
+        }
+        if self._torch_device.type == "cuda":
+            inputs = {k: v.pin_memory() for k, v in inputs.items()}
+        return {k: v.to(self._torch_device, non_blocking=True) for k, v in inputs.items()}
+
+    def run(self, prepared: dict[str, torch.Tensor]) -> np.ndarray:
+        with torch.inference_mode():
+            logits = self.model(**prepared, logits_to_keep=1).logits[:, -1, self._rows].float()
+            scores = logits[:, 0] - logits[:, 1] if len(self._rows) == 2 else logits[:, 0]
+            result: np.ndarray = scores.cpu().numpy()
         return result
 
     def score(self, ids: Sequence[TokenIds], splits: Sequence[int]) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -12,10 +13,19 @@ from typing import Any
 
 import torch
 
-from app.engine.backends import Scorer, TransformersScorer
+from app.engine.backends import CausalLMScorer, Scorer, TransformersScorer
+from app.engine.decoder import (
+    DECODER_FAMILIES,
+    DecoderConfig,
+    DecoderReranker,
+    causal_self_check,
+    to_decoder_native,
+)
 from app.engine.modeling import CrossEncoder, EncoderConfig
 from app.engine.native import NativeScorer, checked_attention
-from app.engine.tokenize import Family, PairEncoder
+from app.engine.prompts import PromptEncoder
+from app.engine.recipes import DECODER_MAX_LENGTH, RECIPES, UnknownScoring, detect_scoring
+from app.engine.tokenize import Encoder, Family, PairEncoder
 from app.engine.weights import check_complete, read_state_dict, to_native
 from app.errors import ModelUnavailable
 
@@ -31,7 +41,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 @dataclass(frozen=True)
 class LoadedModel:
-    encoder: PairEncoder
+    encoder: Encoder
     scorers: list[Scorer]
     model_dir: Path
     dtype: str
@@ -40,6 +50,8 @@ class LoadedModel:
     attention: str
     dtype_probe: dict[str, float] | None = None
     """GFLOP/s of a matmul at the model's shapes per candidate dtype, when `auto` timed them."""
+    scoring: str = "classifier"
+    """`classifier` (a cross-encoder's head) or the decoder recipe (app/engine/recipes.py)."""
 
 
 def local_model_dir(model: str) -> Path | None:
@@ -265,7 +277,7 @@ def load_native(
         net.to(device=dev, dtype=_DTYPES[dtype]).eval()
         head_dim = cfg.hidden_size // cfg.num_heads
         path = checked_attention(dev, _DTYPES[dtype], cfg.num_heads, head_dim)
-        scorers.append(NativeScorer(net, dev, path))
+        scorers.append(NativeScorer.for_encoder(net, dev, path))
     return scorers
 
 
@@ -303,11 +315,19 @@ def load_transformers(
 
 def load_model(
     model: str, *, device: str = "auto", dtype: str = "auto", backend: str = "auto",
-    cache_dir: str | None = None,
+    cache_dir: str | None = None, scoring: str = "auto", default_instruction: str | None = None,
 ) -> LoadedModel:
     """Tokenizer plus one scorer per device, ready to serve. Runs no code from the model."""
     model_dir = resolve_model_dir(model, cache_dir)
     config = read_config(model_dir)
+    try:
+        recipe = detect_scoring(config, [model, str(model_dir)], scoring)
+    except UnknownScoring as exc:
+        raise ModelUnavailable(f"{model_dir}: {exc}") from exc
+    devices = resolve_devices(device)
+    if recipe != "classifier":
+        return load_decoder(model_dir, config, recipe, devices, dtype, backend,
+                            default_instruction)
     family = model_family(config)
     chosen = ("native" if family else "transformers") if backend == "auto" else backend
     if chosen == "native" and family is None:
@@ -321,13 +341,7 @@ def load_model(
             f"{model_dir}: the model has {labels} labels; a reranker needs a one-label"
             " cross-encoder (num_labels = 1)"
         )
-    devices = resolve_devices(device)
-    dtype_name, probe = resolve_dtype(dtype, devices, config)
-    if probe is not None:
-        log.info(
-            "dtype auto: %s (matmul at the model's shapes: %s)", dtype_name,
-            ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in probe.items()),
-        )
+    dtype_name, probe = _dtype(dtype, devices, config)
     tokenizer = load_tokenizer(model_dir)
     layout = family or pair_layout(tokenizer, model_dir)
     encoder = PairEncoder(tokenizer, layout, max_input_length(config, layout, tokenizer))
@@ -350,3 +364,106 @@ def load_model(
         encoder=encoder, scorers=scorers, model_dir=model_dir, dtype=dtype_name,
         devices=devices, backend=chosen, attention=attention, dtype_probe=probe,
     )
+
+
+def _dtype(dtype: str, devices: list[str], config: dict[str, Any]
+           ) -> tuple[str, dict[str, float] | None]:
+    dtype_name, probe = resolve_dtype(dtype, devices, config)
+    if probe is not None:
+        log.info(
+            "dtype auto: %s (matmul at the model's shapes: %s)", dtype_name,
+            ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in probe.items()),
+        )
+    return dtype_name, probe
+
+
+def decoder_max_length(config: dict[str, Any], tokenizer: Any) -> int:
+    """8192, or less where the position table or the tokenizer says so."""
+    limit = min(DECODER_MAX_LENGTH, int(config.get("max_position_embeddings", DECODER_MAX_LENGTH)))
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_limit, int) and 0 < tok_limit < limit:
+        return tok_limit
+    return limit
+
+
+def load_decoder(
+    model_dir: Path, config: dict[str, Any], scoring: str, devices: list[str], dtype: str,
+    backend: str, default_instruction: str | None,
+) -> LoadedModel:
+    """A decoder reranker: its recipe's prompts, and the native packed engine for the Qwen2
+    and Qwen3 families (transformers' AutoModelForCausalLM for others, such as Gemma)."""
+    recipe = RECIPES[scoring]  # type: ignore[index]
+    native = DECODER_FAMILIES.get(str(config.get("model_type"))) is not None
+    chosen = ("native" if native else "transformers") if backend == "auto" else backend
+    if chosen == "native" and not native:
+        raise ModelUnavailable(
+            f"{model_dir}: model_type {config.get('model_type')!r} has no native decoder engine"
+            " (it serves Qwen2 and Qwen3); use --backend transformers or auto"
+        )
+    dtype_name, probe = _dtype(dtype, devices, config)
+    tokenizer = load_tokenizer(model_dir)
+    encoder = PromptEncoder(tokenizer, recipe, decoder_max_length(config, tokenizer),
+                            default_instruction)
+    rows = [encoder.positive_id] if encoder.negative_id is None else [
+        encoder.positive_id, encoder.negative_id]
+    scorers: list[Scorer]
+    if chosen == "native":
+        scorers = list(load_native_decoder(model_dir, config, rows, devices, dtype_name))
+        attention = scorers[0].attention  # type: ignore[attr-defined]
+    else:
+        scorers = list(load_causal_lm(model_dir, rows, devices, dtype_name,
+                                      tokenizer.pad_token_id or 0))
+        attention = "sdpa-padded"
+    log.info(
+        "loaded %s (%s, scoring %s, max input %d tokens) on %s in %s: backend %s, attention %s",
+        model_dir, config.get("model_type"), scoring, encoder.max_length, ",".join(devices),
+        dtype_name, chosen, attention,
+    )
+    return LoadedModel(
+        encoder=encoder, scorers=scorers, model_dir=model_dir, dtype=dtype_name,
+        devices=devices, backend=chosen, attention=attention, dtype_probe=probe,
+        scoring=scoring,
+    )
+
+
+def load_native_decoder(
+    model_dir: Path, config: dict[str, Any], rows: list[int], devices: list[str], dtype: str
+) -> list[NativeScorer]:
+    try:
+        cfg = DecoderConfig.from_hf(config)
+        native = to_decoder_native(read_state_dict(model_dir), cfg, rows)
+        with torch.device("meta"):
+            expected = {k: v.shape for k, v in DecoderReranker(cfg, len(rows)).state_dict().items()}
+        check_complete(native, expected)
+    except (ValueError, KeyError, OSError) as exc:
+        raise ModelUnavailable(f"{model_dir}: cannot load the checkpoint: {exc}") from exc
+    scorers: list[NativeScorer] = []
+    for dev in devices:
+        with torch.device("meta"):
+            net = DecoderReranker(cfg, len(rows))
+        net.load_state_dict({k: native[k] for k in expected}, strict=True, assign=True)
+        net.to(device=dev, dtype=_DTYPES[dtype]).eval()
+        check = functools.partial(causal_self_check, dev, _DTYPES[dtype], cfg.num_heads,
+                                  cfg.num_kv_heads, cfg.head_dim)
+        path = checked_attention(dev, _DTYPES[dtype], cfg.num_heads, cfg.head_dim, check)
+        scorers.append(NativeScorer(net, dev, path))
+    return scorers
+
+
+def load_causal_lm(
+    model_dir: Path, rows: list[int], devices: list[str], dtype: str, pad_id: int
+) -> list[CausalLMScorer]:
+    from transformers import AutoModelForCausalLM
+
+    scorers: list[CausalLMScorer] = []
+    for dev in devices:
+        try:
+            net = AutoModelForCausalLM.from_pretrained(
+                model_dir, dtype=_DTYPES[dtype], attn_implementation="sdpa",
+                trust_remote_code=False,
+            )
+        except Exception as exc:
+            raise ModelUnavailable(f"{model_dir}: cannot load the weights ({exc})") from exc
+        net.to(dev).eval()
+        scorers.append(CausalLMScorer(net, rows, dev, pad_id))
+    return scorers

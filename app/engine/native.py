@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from app.engine.backends import TokenIds
 from app.engine.modeling import AttentionPath, CrossEncoder, PackedBatch, attention
@@ -61,19 +62,27 @@ def checked_attention(
     return "sdpa-padded"
 
 
+SELF_CHECK_LENGTHS = ([1, 37, 200], [64, 64])
+"""Sequence lengths the self-checks pack: mixed (the masked and varlen branches) and equal."""
+
+
+def self_check_batch(device: str, lengths: list[int]) -> PackedBatch:
+    return pack([[5] * n for n in lengths], [1] * len(lengths), position_offset=0,
+                token_types=False, device=torch.device(device))
+
+
+def close_enough(got: torch.Tensor, want: torch.Tensor) -> None:
+    if not torch.allclose(got.float(), want, atol=2e-2, rtol=2e-2):
+        raise ValueError(f"max difference {(got.float() - want).abs().max().item():.3g}")
+
+
 def _self_check(device: str, dtype: torch.dtype, heads: int, head_dim: int,
                 path: AttentionPath) -> None:
     generator = torch.Generator().manual_seed(0)
-    for case in ([1, 37, 200], [64, 64]):
-        batch = pack(
-            [[5] * n for n in case], [1] * len(case), position_offset=0, token_types=False,
-            device=torch.device(device),
-        )
-        qkv = torch.randn(sum(case), 3, heads, head_dim, generator=generator).to(device, dtype)
-        got = attention(qkv, batch, path).float()
-        want = attention(qkv.float(), batch, "sdpa-padded")
-        if not torch.allclose(got, want, atol=2e-2, rtol=2e-2):
-            raise ValueError(f"max difference {(got - want).abs().max().item():.3g}")
+    for lengths in SELF_CHECK_LENGTHS:
+        batch = self_check_batch(device, lengths)
+        qkv = torch.randn(sum(lengths), 3, heads, head_dim, generator=generator).to(device, dtype)
+        close_enough(attention(qkv, batch, path), attention(qkv.float(), batch, "sdpa-padded"))
 
 
 def pack(
@@ -132,18 +141,26 @@ def pack(
 
 
 class NativeScorer:
-    """Packed (unpadded) batches: the scheduler's token budget counts real tokens."""
+    """Packed (unpadded) batches through a native model (the cross-encoder, or the decoder
+    reranker of app/engine/decoder.py): the scheduler's token budget counts real tokens."""
 
     pads = False
 
-    def __init__(self, model: CrossEncoder, device: str, attention: AttentionPath) -> None:
+    def __init__(self, model: nn.Module, device: str, attention: AttentionPath, *,
+                 position_offset: int = 0, token_types: bool = False) -> None:
         self.model = model
         self.device = device
         self.attention: AttentionPath = attention
         self._torch_device = torch.device(device)
+        self._offset = position_offset
+        self._token_types = token_types
+
+    @classmethod
+    def for_encoder(cls, model: CrossEncoder, device: str,
+                    attention: AttentionPath) -> NativeScorer:
         cfg = model.cfg
-        self._offset = cfg.position_offset
-        self._token_types = cfg.family == "bert" and cfg.type_vocab_size > 1
+        return cls(model, device, attention, position_offset=cfg.position_offset,
+                   token_types=cfg.family == "bert" and cfg.type_vocab_size > 1)
 
     def prepare(self, ids: Sequence[TokenIds], splits: Sequence[int]) -> PackedBatch:
         """Pack on the host and start the copy to the device (may overlap another forward)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -35,6 +35,26 @@ class EncodedRequest:
     """Query plus document tokens, before windowing (what request limits count)."""
 
 
+class Encoder(Protocol):
+    """What the service needs from a model's input side: a cross-encoder's pairs
+    (PairEncoder) or a decoder reranker's prompts (app/engine/prompts.py)."""
+
+    max_length: int
+    takes_instruction: bool
+
+    def encode(
+        self, query: str, documents: Sequence[str], *, instruction: str | None = None,
+        max_doc_tokens: int | None = None, keep_tail: bool = False,
+        max_windows: int | None = None,
+    ) -> EncodedRequest: ...
+
+    def prompt_tokens(self, query_tokens: int, instruction_tokens: int = 0) -> int: ...
+
+    def filler(self, doc_tokens: int) -> tuple[np.ndarray, int]: ...
+
+    def window_tokens(self) -> int: ...
+
+
 class PairEncoder:
     """Tokenizes with the model's fast tokenizer and applies each family's pair layout.
 
@@ -53,6 +73,23 @@ class PairEncoder:
         self._backend.no_padding()
         self._sep = np.array([self.sep_id], dtype=np.int32)
         self._encode_batch = getattr(self._backend, "encode_batch_fast", self._backend.encode_batch)
+
+    takes_instruction = False
+    """Cross-encoders read the query and the document only."""
+
+    def prompt_tokens(self, query_tokens: int, instruction_tokens: int = 0) -> int:
+        """Tokens of a window besides the document's, for a query of `query_tokens` tokens
+        (specials, the cut to max_query_length and the separators included)."""
+        return min(self.max_query_length, query_tokens + 2) + 2
+
+    def filler(self, doc_tokens: int) -> tuple[np.ndarray, int]:
+        """A pair with `doc_tokens` document tokens (for warm-up), and its split."""
+        query = self.encode_query("warm up")
+        return self.pair_ids(query, [self.sep_id] * doc_tokens), len(query)
+
+    def window_tokens(self) -> int:
+        """Document tokens of a full window behind a short query."""
+        return window_budget(self.max_length, len(self.encode_query("warm up")))
 
     def encode_query(self, query: str) -> np.ndarray:
         """The query with specials, cut to max_query_length (content truncated, specials kept)."""
@@ -80,6 +117,7 @@ class PairEncoder:
         query: str,
         documents: Sequence[str],
         *,
+        instruction: str | None = None,
         max_doc_tokens: int | None = None,
         keep_tail: bool = False,
         max_windows: int | None = None,
@@ -88,7 +126,8 @@ class PairEncoder:
 
         Only on a client's explicit request: `max_doc_tokens` cuts each document to that many
         tokens, `max_windows` scores only that many windows of a document; both keep the
-        document's start, or its end with `keep_tail`.
+        document's start, or its end with `keep_tail`. `instruction` is never read (the caller
+        refuses one: takes_instruction is False).
         """
         query_ids = self.encode_query(query)
         budget = window_budget(self.max_length, len(query_ids))

@@ -53,8 +53,16 @@ def scored_tokens(
 ) -> int:
     """Tokens fed to the model for one document of `doc_len` tokens: each window with the query
     and separators (at most two: XLM-R's layout; BERT's uses one)."""
-    budget = window_budget(max_length, query_len)
+    return prompt_scored_tokens(doc_len, query_len + 2, max_length, max_windows)
+
+
+def prompt_scored_tokens(
+    doc_len: int, prompt_len: int, max_length: int, max_windows: int | None = None
+) -> int:
+    """Tokens fed to the model for one document of `doc_len` tokens, each window carrying
+    `prompt_len` tokens besides the document's (query, separators, a decoder's template)."""
+    budget = max(1, max_length - prompt_len)
     windows = window_count(doc_len, budget)
     if max_windows is not None:
         windows = min(windows, max_windows)
-    return windows * (query_len + 2 + min(doc_len, budget))
+    return windows * (prompt_len + min(doc_len, budget))

@@ -170,7 +170,12 @@ def test_api_keys_guard_every_api_route(server_factory: ServerFactory, xlmr_dir:
         r = c.post("/v1/rerank", json=body, headers={"Authorization": "Basic k-one"})
         assert r.status_code == 401
         routes = [("POST", "/v1/rerank", body), ("POST", "/v2/rerank", body),
-                  ("POST", "/rerank", {"query": "q", "texts": ["a"]}), ("GET", "/v1/models", None)]
+                  ("POST", "/rerank", {"query": "q", "texts": ["a"]}), ("POST", "/rerank", body),
+                  ("POST", "/v1/ranking", {"query": {"text": "q"}, "passages": [{"text": "a"}]}),
+                  ("POST", "/score", {"text_1": "q", "text_2": ["a"]}),
+                  ("POST", "/v1/score", {"text_1": "q", "text_2": ["a"]}),
+                  ("POST", "/v1/reranking", {"query": "q", "input": ["a"]}),
+                  ("GET", "/v1/models", None)]
         for method, path, payload in routes:
             assert c.request(method, path, json=payload).status_code == 401, path
             for key in ("k-one", "k-two"):
@@ -180,7 +185,8 @@ def test_api_keys_guard_every_api_route(server_factory: ServerFactory, xlmr_dir:
         tei = c.post("/rerank", json={"query": "q", "texts": ["a"]}).json()
         assert tei["error_type"] == "Unauthorized" and tei["error"] == tei["detail"]
         assert c.get("/no/such/route").status_code == 401  # nothing is revealed without a key
-        for path in ("/health", "/ready", "/metrics", "/docs", "/openapi.json"):
+        for path in ("/health", "/ready", "/metrics", "/docs", "/openapi.json",
+                     "/docs/assets/swagger-ui-bundle.js"):
             assert c.get(path).status_code == 200, path
     assert server.metric("reranker_failures_total", {"reason": "unauthorized"}) >= 7
 

@@ -173,7 +173,8 @@ def _nested(depth: int) -> dict[str, Any]:
 
 # (route, field holding the documents, whether it takes objects)
 ROUTES = [("/v1/rerank", "documents", True), ("/v2/rerank", "documents", True),
-          ("/rerank", "texts", False)]
+          ("/rerank", "texts", False), ("/rerank", "documents", True),
+          ("/v1/reranking", "input", True)]
 DOCUMENT_CASES: list[tuple[str, Any, str]] = [
     # orjson parses 300 levels but refuses to serialise past ~254: once a 500 on /v2/rerank
     ("object-nested-300-deep", _nested(300), "deeper"),
@@ -183,7 +184,8 @@ DOCUMENT_CASES: list[tuple[str, Any, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("route", "field", "objects"), ROUTES, ids=[r[0] for r in ROUTES])
+@pytest.mark.parametrize(("route", "field", "objects"), ROUTES,
+                         ids=[f"{r[0]}:{r[1]}" for r in ROUTES])
 @pytest.mark.parametrize(("doc", "needle"), [c[1:] for c in DOCUMENT_CASES],
                          ids=[c[0] for c in DOCUMENT_CASES])
 def test_hostile_documents_are_422_on_every_route(
@@ -203,6 +205,7 @@ def test_hostile_documents_are_422_on_every_route(
 
 def test_the_deepest_document_allowed_is_ranked(xlmr_server: LiveServer) -> None:
     with xlmr_server.client() as c:
-        for route in ("/v1/rerank", "/v2/rerank"):
-            r = c.post(route, json={"query": "q", "documents": [_nested(32), "Mars"]})
+        for route, field in (("/v1/rerank", "documents"), ("/v2/rerank", "documents"),
+                             ("/rerank", "documents"), ("/v1/reranking", "input")):
+            r = c.post(route, json={"query": "q", field: [_nested(32), "Mars"]})
             assert r.status_code == 200, r.text[:300]

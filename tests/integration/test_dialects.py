@@ -1,5 +1,7 @@
 """Drop-in compatibility: the official Cohere SDK for real, and the exact requests of the Jina
-clients in LangChain, LlamaIndex and Haystack and of LlamaIndex's TEI client, replayed."""
+clients in LangChain, LlamaIndex and Haystack, of LlamaIndex's TEI client, of NVIDIA NIM's
+clients (LangChain's and LlamaIndex's NVIDIARerank), of vLLM's score and rerank APIs, of
+Infinity's and of Mixedbread's, replayed."""
 
 from __future__ import annotations
 
@@ -170,12 +172,14 @@ def test_tei_errors_carry_error_and_error_type(server: LiveServer) -> None:
     assert r.status_code == 401 and r.json()["error_type"] == "Unauthorized"
 
 
-@pytest.mark.parametrize("path", ["/v1/rerank", "/v2/rerank"])
+@pytest.mark.parametrize("path", ["/v1/rerank", "/v2/rerank", "/v1/reranking"])
 def test_other_dialects_errors_carry_detail(server: LiveServer, path: str) -> None:
     with server.client(headers=AUTH) as c:
-        r = c.post(path, json={"query": QUERY, "documents": "not a list"})
-        assert r.status_code == 422 and "documents" in r.json()["detail"]
-        r = c.post(path, json={"query": QUERY, "documents": DOCS, "model": "rerank-v3.5"})
+        field = "input" if path == "/v1/reranking" else "documents"
+        r = c.post(path, json={"query": QUERY, field: "not a list"})
+        assert r.status_code == 422 and field in r.json()["detail"]
+        assert set(r.json()) == {"detail", "errors"}
+        r = c.post(path, json={"query": QUERY, field: DOCS, "model": "rerank-v3.5"})
         assert r.status_code == 404 and "jina-reranker-v2-base-multilingual" in r.json()["detail"]
 
 
@@ -207,3 +211,180 @@ def test_request_id_is_echoed_or_generated(server: LiveServer) -> None:
         assert len(generated) == 32 and r.json()["id"] == generated
         r = c.get("/health", headers={"x-request-id": "bad id with spaces"})
         assert r.headers["x-request-id"] != "bad id with spaces"
+
+
+# -- NVIDIA NIM ---------------------------------------------------------------------------------
+LONG_DOC = " ".join(f"Mars {i} is red and Venus {i} is hot" for i in range(60))
+
+
+@pytest.mark.parametrize(("truncate", "windows"), [("END", slice(0, 1)), ("NONE", None),
+                                                   (None, None)])
+def test_nim_client_request(
+    server: LiveServer, xlmr_dir: str, truncate: str | None, windows: slice | None
+) -> None:
+    """LangChain's and LlamaIndex's NVIDIARerank: {model, query: {text}, passages: [{text}],
+    truncate} to {base_url}/ranking -> rankings by logit, highest first."""
+    docs = [*DOCS, LONG_DOC]
+    payload: dict[str, object] = {"model": "nvidia/llama-3.2-nv-rerankqa-1b-v2",
+                                  "query": {"text": QUERY},
+                                  "passages": [{"text": d} for d in docs]}
+    if truncate is not None:
+        payload["truncate"] = truncate
+    with httpx.Client(base_url=server.url + "/v1", headers={"accept": "application/json",
+                                                             **AUTH}) as c:
+        r = c.post("/ranking", json={**payload, "model": "jina-reranker-v2-base-multilingual"})
+        assert r.status_code == 200, r.text
+        rankings = r.json()["rankings"]
+        assert c.post("/ranking", json=payload).status_code == 404  # a model not served here
+    assert sorted(x["index"] for x in rankings) == list(range(len(docs)))
+    logits = [x["logit"] for x in rankings]
+    assert logits == sorted(logits, reverse=True)
+    for x in rankings:
+        assert set(x) == {"index", "logit"}
+        want = reference_logit(xlmr_dir, QUERY, docs[x["index"]],
+                               windows=windows if x["index"] == len(DOCS) else None)
+        assert abs(x["logit"] - want) < 1e-4
+
+
+# -- vLLM ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", ["/score", "/v1/score"])
+def test_vllm_score_one_to_many(server: LiveServer, xlmr_dir: str, path: str) -> None:
+    with server.client(headers=AUTH) as c:
+        r = c.post(path, json={"model": "jina-reranker-v2-base-multilingual", "text_1": QUERY,
+                               "text_2": DOCS})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "list" and body["model"] == "jina-reranker-v2-base-multilingual"
+    assert body["id"] == f"score-{r.headers['x-request-id']}"
+    assert isinstance(body["created"], int)
+    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] > 0
+    assert body["usage"]["completion_tokens"] == 0
+    assert [d["index"] for d in body["data"]] == list(range(len(DOCS)))  # input order
+    want = reference_scores(xlmr_dir, QUERY, DOCS)
+    for d in body["data"]:
+        assert d["object"] == "score" and abs(d["score"] - want[d["index"]]) < 1e-5
+
+
+def test_vllm_score_pairs(server: LiveServer, xlmr_dir: str) -> None:
+    """N:N scores pair i's text_1 with its text_2; str/str is one pair; a list of one text_1
+    is 1:N."""
+    queries = [QUERY, "Which planet has rings?", QUERY, "Which planet is hot?"]
+    with server.client(headers=AUTH) as c:
+        pairs = c.post("/v1/score", json={"text_1": queries, "text_2": DOCS}).json()["data"]
+        single = c.post("/v1/score", json={"text_1": QUERY, "text_2": DOCS[1]}).json()["data"]
+        one = c.post("/v1/score", json={"text_1": [QUERY], "text_2": DOCS[:2]}).json()["data"]
+    for d in pairs:
+        want = reference_scores(xlmr_dir, queries[d["index"]], [DOCS[d["index"]]])[0]
+        assert abs(d["score"] - want) < 1e-5
+    assert [d["index"] for d in pairs] == [0, 1, 2, 3]
+    want = reference_scores(xlmr_dir, QUERY, DOCS[:2])
+    assert len(single) == 1 and abs(single[0]["score"] - want[1]) < 1e-5
+    assert [d["index"] for d in one] == [0, 1]
+    assert all(abs(d["score"] - want[d["index"]]) < 1e-5 for d in one)
+
+
+@pytest.mark.parametrize(("text_1", "text_2", "words"), [
+    (["a", "b"], ["x", "y", "z"], "1:N"),
+    ([], ["x"], "at least one"),
+    ("a", [], "at least one"),
+    ("a", 3, "text_2"),
+])
+def test_vllm_score_mistakes_are_422(
+    server: LiveServer, text_1: object, text_2: object, words: str
+) -> None:
+    with server.client(headers=AUTH) as c:
+        r = c.post("/v1/score", json={"text_1": text_1, "text_2": text_2})
+    assert r.status_code == 422 and words in r.json()["detail"]
+
+
+def test_rerank_with_documents_answers_like_vllm_and_infinity(
+    server: LiveServer, xlmr_dir: str
+) -> None:
+    want = reference_scores(xlmr_dir, QUERY, DOCS)
+    with server.client(headers=AUTH) as c:
+        vllm = c.post("/rerank", json={"model": "jina-reranker-v2-base-multilingual",
+                                       "query": QUERY, "documents": DOCS, "top_n": 3}).json()
+        infinity = c.post("/rerank", json={"query": QUERY, "documents": DOCS,
+                                           "return_documents": True, "raw_scores": True}).json()
+        bare = c.post("/rerank", json={"query": QUERY, "documents": DOCS,
+                                       "return_documents": False}).json()
+        error = c.post("/rerank", json={"query": QUERY, "documents": DOCS, "top_n": 0})
+    for body in (vllm, infinity, bare):
+        assert body["object"] == "rerank" and isinstance(body["created"], int)
+        assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] > 0
+        assert body["model"] == "jina-reranker-v2-base-multilingual"
+    assert len(vllm["results"]) == 3
+    for r in vllm["results"]:
+        assert r["document"] == {"text": DOCS[r["index"]]}
+        assert abs(r["relevance_score"] - want[r["index"]]) < 1e-5
+    for r in infinity["results"]:
+        assert r["document"] == DOCS[r["index"]]
+        assert abs(r["relevance_score"] - reference_logit(xlmr_dir, QUERY, DOCS[r["index"]])) < 1e-4
+    assert all("document" not in r for r in bare["results"])
+    assert error.status_code == 422 and error.json()["error_type"] == "Validation"
+
+
+# -- top_k, Mixedbread ---------------------------------------------------------------------------
+@pytest.mark.parametrize(("path", "field"), [("/v1/rerank", "documents"),
+                                             ("/v2/rerank", "documents"),
+                                             ("/rerank", "documents"),
+                                             ("/v1/reranking", "input")])
+def test_top_k_is_read_as_top_n(server: LiveServer, path: str, field: str) -> None:
+    with server.client(headers=AUTH) as c:
+        body = c.post(path, json={"query": QUERY, field: DOCS, "top_k": 2}).json()
+    results = body.get("results", body.get("data"))
+    assert len(results) == 2
+    assert [r["index"] for r in results] == [i for i, _ in _direct(server)[:2]]
+
+
+def test_mixedbread_request(server: LiveServer, xlmr_dir: str) -> None:
+    """Mixedbread's SDKs: {model, query, input, rank_fields, top_k, return_input} to
+    /v1/reranking -> {data: [{index, score, input, object}], top_k, return_input, usage}."""
+    items = [{"title": "Mars", "content": DOCS[1]}, {"title": "Venus", "content": DOCS[0]},
+             {"title": "Saturn", "content": DOCS[3]}]
+    with server.client(headers=AUTH) as c:
+        body = c.post("/v1/reranking", json={
+            "model": "jina-reranker-v2-base-multilingual", "query": QUERY, "input": items,
+            "rank_fields": ["content"], "top_k": 2, "return_input": True}).json()
+    assert body["object"] == "list" and body["top_k"] == 2 and body["return_input"] is True
+    assert body["usage"]["total_tokens"] > 0
+    want = reference_scores(xlmr_dir, QUERY, [f"content: {i['content']}" for i in items])
+    assert [d["index"] for d in body["data"]] == sorted(range(3), key=lambda i: -want[i])[:2]
+    for d in body["data"]:
+        assert d["object"] == "rank_result" and d["input"] == items[d["index"]]
+        assert abs(d["score"] - want[d["index"]]) < 1e-5
+
+
+# -- every dialect ------------------------------------------------------------------------------
+INSTRUCTED = [
+    ("/v1/rerank", {"query": QUERY, "documents": DOCS}),
+    ("/v2/rerank", {"query": QUERY, "documents": DOCS}),
+    ("/rerank", {"query": QUERY, "texts": DOCS}),
+    ("/rerank", {"query": QUERY, "documents": DOCS}),
+    ("/v1/ranking", {"query": {"text": QUERY}, "passages": [{"text": d} for d in DOCS]}),
+    ("/v1/score", {"text_1": QUERY, "text_2": DOCS}),
+    ("/v1/reranking", {"query": QUERY, "input": DOCS}),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), INSTRUCTED)
+def test_a_cross_encoder_refuses_an_instruction(
+    server: LiveServer, path: str, body: dict[str, object]
+) -> None:
+    with server.client(headers=AUTH) as c:
+        assert c.post(path, json=body).status_code == 200
+        r = c.post(path, json={**body, "instruction": "Judge relevance for a web search"})
+    assert r.status_code == 422 and "takes no instruction" in r.json()["detail"]
+
+
+def test_every_dialect_is_documented_with_examples(server: LiveServer) -> None:
+    with server.client(headers=AUTH) as c:
+        spec = c.get("/openapi.json").json()
+        for path in {p for p, _ in INSTRUCTED} | {"/score"}:
+            post = spec["paths"][path]["post"]
+            content = post["requestBody"]["content"]["application/json"]
+            assert content["examples"], path
+            assert "200" in post["responses"] and "422" in post["responses"]
+            for example in content["examples"].values():  # each example works as it is
+                r = c.post(path, json=example["value"])
+                assert r.status_code == 200, (path, r.text)

@@ -54,3 +54,19 @@ def test_javascript_example(server: LiveServer) -> None:
 def test_tool_selection_example(server: LiveServer) -> None:
     out = _run(server, sys.executable, "examples/tool_selection.py").split()
     assert len(out) == 2 and set(out) <= {"get_weather", "query_sales", "send_email"}
+
+
+def test_nim_example(server: LiveServer) -> None:
+    import orjson
+
+    rankings = orjson.loads(_run(server, "bash", "examples/nim_ranking.sh"))["rankings"]
+    assert sorted(r["index"] for r in rankings) == [0, 1]
+    logits = [r["logit"] for r in rankings]
+    assert logits == sorted(logits, reverse=True)
+
+
+def test_vllm_score_example(server: LiveServer) -> None:
+    lines = _run(server, sys.executable, "examples/vllm_score.py").strip().splitlines()
+    assert len(lines) == 4 and all(0 < float(line.split()[0]) < 1 for line in lines)
+    assert [line.split(maxsplit=1)[1] for line in lines[:2]] == [
+        "The capital of Brazil is Brasilia.", "The capital of France is Paris."]
