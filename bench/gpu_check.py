@@ -11,8 +11,10 @@ half-precision dtype. Per row: the largest raw-logit difference against the fp32
 against padded SDPA in the same dtype (the kernel's own error; the row fails past the
 tolerance), then pairs/s and model FLOPs utilisation for 128-token, RAG-mixed and 1024-token
 pairs. Logits, not sigmoid scores, are compared: a random model's logits saturate the sigmoid,
-which would hide differences. The exit status is 1 when any row fails. Needs no network; CI
-runs only the CPU smoke run.
+which would hide differences. A second table does the same for the decoder path: a random
+model with Qwen3-Reranker-0.6B's shapes, scored with its recipe by the native packed decoder
+(causal attention per path) against stock AutoModelForCausalLM in fp32, on RAG-mixed prompts.
+The exit status is 1 when any row fails. Needs no network; CI runs only the CPU smoke run.
 """
 
 from __future__ import annotations
@@ -32,8 +34,14 @@ from app.engine.loading import load_model
 from app.engine.modeling import AttentionPath
 from app.engine.native import NativeScorer, attention_candidates, import_kernel
 from app.engine.tokenize import Pair, PairEncoder
-from app.testmodel import JINA_V2_SHAPE, write_jina_checkpoint, write_test_model
-from bench.engine import Shape, flops_per_pair, form_batches, matmul_rate
+from app.testmodel import (
+    JINA_V2_SHAPE,
+    QWEN3_06B_SHAPE,
+    write_decoder_test_model,
+    write_jina_checkpoint,
+    write_test_model,
+)
+from bench.engine import QWEN3_SHAPE, Shape, flops_per_pair, form_batches, matmul_rate
 from bench.workload import make_pairs
 
 # Dense (no sparsity) bf16 tensor-core peaks, keyed by the words torch.cuda.get_device_name()
@@ -209,6 +217,56 @@ def run(device: str, small: bool, seconds: float) -> bool:
         print(f"\nstart-up phases: random checkpoint written {t_build:.1f} s; fp32"
               f" model loaded onto {device} (attention self-check included) {t_load:.1f} s;"
               f" first batches (kernel selection) {t_first:.1f} s")
+        ok &= decoder_rows(Path(tmp), device, small, seconds, ceiling)
+    return ok
+
+
+def decoder_rows(root: Path, device: str, small: bool, seconds: float, ceiling: float) -> bool:
+    """The decoder table: Qwen3-Reranker-shaped model, each attention path, causal."""
+    cuda = device.startswith("cuda")
+    size = dict(hidden=64, layers=2, heads=4, kv_heads=2) if small else QWEN3_06B_SHAPE
+    model = write_decoder_test_model(root / "Qwen3-Reranker-shaped", "qwen3", max_length=8192,
+                                     **size)
+    shape = Shape(hidden=64, layers=2, inter=128, q_width=64, kv_width=32, causal=True) if small \
+        else QWEN3_SHAPE
+    encoder = load_model(str(model), device="cpu", dtype="float32").encoder
+    pairs = [p for q, d in make_pairs(16 if small else 48, seed=6, long_tail=0.1)
+             for p in encoder.encode(q, [d]).pairs]
+    mix = Mix(pairs, form_batches(pairs, 16384, pads=False, lookahead=len(pairs)),
+              sum(len(p.ids) for p in pairs), sum(flops_per_pair(len(p.ids), shape) for p in pairs))
+    ref = score_all(load_model(str(model), device=device, dtype="float32").scorers[0], pairs)
+    stock = score_all(load_model(str(model), device=device, dtype="float32",
+                                 backend="transformers").scorers[0], pairs)
+    print(f"\n# decoder (qwen3-reranker recipe, {'tiny' if small else 'Qwen3-Reranker-0.6B'}"
+          f" shapes): {len(pairs)} prompts of {min(len(p.ids) for p in pairs)}-"
+          f"{max(len(p.ids) for p in pairs)} tokens; native fp32 vs stock AutoModelForCausalLM"
+          f" fp32: max |logit difference| {np.abs(ref - stock).max():.2e}\n")
+    print("| dtype | attention | max Δlogit vs fp32 | vs padded, same dtype | pairs/s | MFU | |")
+    print("|---|---|---|---|---|---|---|")
+    ok = bool(np.abs(ref - stock).max() <= TOLERANCE["float32"])
+    for dtype in ["bfloat16", "float16"] if cuda else ["bfloat16"]:
+        scorer = load_model(str(model), device=device, dtype=dtype).scorers[0]
+        assert isinstance(scorer, NativeScorer)
+        paths = [p for p in attention_candidates(device, getattr(torch, dtype)) if usable(p)]
+        if not cuda:
+            paths.append("sdpa-padded")
+        scorer.attention = "sdpa-padded"
+        padded = score_all(scorer, pairs)
+        for path in paths:
+            scorer.attention = path
+            try:
+                got = score_all(scorer, pairs)
+                rate = speed(scorer, mix, device, seconds)
+            except Exception as exc:
+                print(f"| {dtype} | {path} | error: {type(exc).__name__}: {exc} | | | | FAIL |")
+                ok = False
+                continue
+            own = float(np.max(np.abs(got - padded) / (1 + np.abs(padded))))
+            passed = own <= TOLERANCE[dtype]
+            ok &= passed
+            print(f"| {dtype} | {path} | {np.abs(got - ref).max():.2e} | {own:.2e} |"
+                  f" {rate[0]:.1f} | {100 * rate[1] / ceiling:.0f}% |"
+                  f" {'ok' if passed else 'FAIL'} |")
     return ok
 
 

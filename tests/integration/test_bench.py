@@ -39,9 +39,11 @@ def test_engine_benchmark_prints_its_table(xlmr_dir: str) -> None:
 def test_gpu_check_smoke_runs_on_cpu() -> None:
     out = _run("bench.gpu_check", "--device", "cpu", "--small", "--seconds", "0.5")
     rows = [line for line in out.splitlines() if line.startswith("| bfloat16 |")]
-    assert [row.split(" | ")[1] for row in rows] == ["sdpa-per-sequence", "sdpa-padded"]
+    # the cross-encoder's table, then the decoder's
+    assert [row.split(" | ")[1] for row in rows] == ["sdpa-per-sequence", "sdpa-padded"] * 2
     assert all(row.endswith("| ok |") for row in rows) and "all rows ok" in out
-    assert "start-up phases:" in out and "error" not in out
+    assert "start-up phases:" in out and "# decoder (qwen3-reranker" in out
+    assert "error" not in out
 
 
 @pytest.mark.parametrize(("name", "entry"), [
