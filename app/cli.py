@@ -16,8 +16,9 @@ from app.config import Settings
 from app.errors import ModelUnavailable
 
 _SERVE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
-    ("--model", "model", {}),
-    ("--served-model-name", "served_model_name", {}),
+    ("--model", "model", {"action": "append"}),
+    ("--served-model-name", "served_model_name", {"action": "append"}),
+    ("--alias", "alias", {"action": "append"}),
     ("--host", "host", {}),
     ("--port", "port", {"type": int}),
     ("--metrics-port", "metrics_port", {"type": int}),
@@ -58,10 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     for flag, field, extra in _SERVE_FLAGS:
         info = Settings.model_fields[field]
         env = "RERANKER_" + field.upper()
-        default = info.default if info.default_factory is None else "none"
-        help_text = f"{info.description} [env {env}; default {default}]"
-        if field == "api_keys":
-            help_text = f"{info.description} Repeatable. [env {env}, comma separated]"
+        help_text = f"{info.description} [env {env}; default {info.default}]"
+        if info.default_factory is not None:  # list settings: repeatable flags
+            help_text = f"{info.description} [env {env}]"
         serve.add_argument(flag, dest=field, default=None, help=help_text, **extra)
 
     make = sub.add_parser(
@@ -165,7 +165,8 @@ def serve(settings: Settings, allocator: str) -> int:
     if settings.log_format == "json":  # progress bars would break the one-object-per-line log
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:  # a mistyped path fails at once; a hub download happens after the listener is up
-        local_model_dir(settings.model)
+        for model in settings.model:
+            local_model_dir(model)
     except ModelUnavailable as exc:
         print(f"reranker: {exc}", file=sys.stderr)
         return 2

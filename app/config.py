@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.allocator import Allocator
@@ -23,9 +23,22 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RERANKER_", extra="forbid", frozen=True)
 
-    model: str = Field(DEFAULT_MODEL, description="Local model directory or Hugging Face hub id.")
-    served_model_name: str | None = Field(
-        None, description="Name reported in responses and accepted in requests (default: --model)."
+    model: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [DEFAULT_MODEL],
+        description="Local model directory or Hugging Face hub id. Repeat the flag (env: comma"
+        " separated) to serve several models from one process; requests choose by `model`,"
+        " the first one serves requests that name none.",
+    )
+    served_model_name: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Name each model is reported under and requested by, by position"
+        " (default: its --model value). Repeatable; env: comma separated.",
+    )
+    alias: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="ALIAS=NAME: requests naming ALIAS reach the served model NAME (LangChain,"
+        " LlamaIndex and Haystack send jina-reranker-v1-base-en by default). Repeatable; env:"
+        " comma separated.",
     )
     host: str = Field("0.0.0.0", description="Interface to bind.")
     port: int = Field(8080, ge=0, le=65535, description="TCP port.")
@@ -117,6 +130,34 @@ class Settings(BaseSettings):
         "text", description="text, or json: one JSON object per line, for log shippers."
     )
 
+    @field_validator("model", "served_model_name", "alias", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if value is None:
+            return []
+        return value
+
+    @model_validator(mode="after")
+    def _check_names(self) -> Settings:
+        if not self.model:
+            raise ValueError("model: give at least one model")
+        if len(self.served_model_name) > len(self.model):
+            raise ValueError(f"served_model_name: {len(self.served_model_name)} names for"
+                             f" {len(self.model)} models")
+        names = self.served_names
+        if len(set(names)) != len(names):
+            raise ValueError(f"served_model_name: two models would be served as the same name"
+                             f" ({', '.join(names)}): name them with --served-model-name")
+        for entry in self.alias:
+            alias, sep, target = entry.partition("=")
+            if not sep or not alias.strip() or not target.strip():
+                raise ValueError(f"alias: {entry!r} is not ALIAS=NAME")
+            if self._find(target.strip(), aliases=False) is None:
+                raise ValueError(f"alias: {entry!r} names no served model ({', '.join(names)})")
+        return self
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
@@ -133,11 +174,33 @@ class Settings(BaseSettings):
         return value
 
     @property
-    def served_name(self) -> str:
-        return self.served_model_name or self.model.rstrip("/")
+    def served_names(self) -> list[str]:
+        """Each model's name, by position: its --served-model-name, else its --model value."""
+        given = self.served_model_name
+        return [given[i] if i < len(given) else m.rstrip("/") for i, m in enumerate(self.model)]
 
     @property
-    def accepted_model_names(self) -> frozenset[str]:
-        """Names a request's `model` may carry: the served name and its last path component."""
-        name = self.served_name
-        return frozenset({name, name.rsplit("/", 1)[-1]})
+    def served_name(self) -> str:
+        """The first model's name (it serves requests that name none)."""
+        return self.served_names[0]
+
+    def model_index(self, name: str | None) -> int | None:
+        """Which model a request's `model` names: a served name, its last path part, or an
+        alias (None names the first model); None when it names none of them."""
+        return 0 if name is None else self._find(name, aliases=True)
+
+    def _find(self, name: str, *, aliases: bool) -> int | None:
+        for i, served in enumerate(self.served_names):
+            if name in (served, served.rsplit("/", 1)[-1]):
+                return i
+        if aliases:
+            for entry in self.alias:
+                alias, _, target = entry.partition("=")
+                if alias.strip() == name:
+                    return self._find(target.strip(), aliases=False)
+        return None
+
+    def for_model(self, index: int) -> Settings:
+        """These settings for one of the models alone (what a Loader gets)."""
+        return self.model_copy(update={"model": [self.model[index]],
+                                       "served_model_name": [self.served_names[index]]})

@@ -1,4 +1,4 @@
-"""The running service's moving parts: load and warm up the model, start and stop the workers."""
+"""The running service's moving parts: load and warm up each model, start and stop the workers."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -17,8 +18,8 @@ from app.config import Settings
 from app.engine.backends import Scorer, device_memory_bytes, is_out_of_memory, release_cached_memory
 from app.engine.loading import LoadedModel, load_model
 from app.engine.tokenize import Encoder
-from app.errors import NotReady
-from app.metrics import Metrics
+from app.errors import ModelNotServed, ModelUnavailable, NotReady
+from app.metrics import Metrics, ModelMetrics
 from app.service import RerankService
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def batch_token_budget(settings: Settings, devices: list[str]) -> int:
 
 def default_loader(settings: Settings) -> LoadedModel:
     return load_model(
-        settings.model, device=settings.device, dtype=settings.dtype,
+        settings.model[0], device=settings.device, dtype=settings.dtype,
         backend=settings.backend, cache_dir=settings.hf_cache_dir, scoring=settings.scoring,
         default_instruction=settings.default_instruction,
     )
@@ -77,8 +78,20 @@ def _mixed_windows(encoder: Encoder, window: int, tokens: int) -> list[np.ndarra
     return batch
 
 
+@dataclass
+class ServedModel:
+    """One model being served: its own queue, a worker per device, and its rerank service."""
+
+    name: str
+    loaded: LoadedModel
+    scheduler: Scheduler
+    workers: list[Worker]
+    service: RerankService
+    metrics: ModelMetrics
+
+
 class Runtime:
-    """Owned by one app. `service` is usable only while `phase == "ready"`."""
+    """Owned by one app. Services are usable only while `phase == "ready"`."""
 
     def __init__(
         self,
@@ -90,16 +103,14 @@ class Runtime:
         self.settings = settings
         self.metrics = metrics
         self.phase: Phase = "starting"
-        self.model: LoadedModel | None = None
-        self._service: RerankService | None = None
-        self._scheduler: Scheduler | None = None
-        self._workers: list[Worker] = []
+        self.models: list[ServedModel] = []
+        self._loaded: list[LoadedModel] = []
         self._loader = loader
         self._on_fatal = on_fatal
         self._deaths: list[float] = []
         self._supervisor: asyncio.Task[None] | None = None
 
-    def _not_ready(self) -> NotReady:
+    def not_ready(self) -> NotReady:
         detail = {
             "starting": "the model is still loading; retry shortly",
             "stopping": "the server is shutting down; retry on another replica",
@@ -108,66 +119,47 @@ class Runtime:
         }.get(self.phase, "not ready")
         return NotReady(detail, retry_after_s=5.0 if self.phase == "starting" else 1.0)
 
+    def route(self, name: str | None) -> ServedModel:
+        """The model a request names (None: the first); 404 listing the served names when it
+        names none of them, 503 unless the phase is ready."""
+        index = self.settings.model_index(name)
+        if index is None:
+            raise ModelNotServed(
+                f"model {name!r} is not served here; use one of"
+                f" {', '.join(map(repr, self.settings.served_names))} or omit 'model'"
+            )
+        if self.phase != "ready" or index >= len(self.models):
+            raise self.not_ready()
+        return self.models[index]
+
     @property
     def service(self) -> RerankService:
-        """The rerank service; raises NotReady (503) unless the phase is ready."""
-        if self.phase != "ready" or self._service is None:
-            raise self._not_ready()
-        return self._service
+        """The first model's rerank service; raises NotReady (503) unless ready."""
+        return self.route(None).service
 
     @property
     def loaded_model(self) -> LoadedModel:
-        if self.model is None:
-            raise self._not_ready()
-        return self.model
+        """The first model, once loaded."""
+        if not self._loaded:
+            raise self.not_ready()
+        return self._loaded[0]
+
+    @property
+    def model(self) -> LoadedModel | None:
+        return self._loaded[0] if self._loaded else None
 
     async def start(self) -> None:
-        """Load, warm up each device, start one worker per device, then report ready once a
-        request has gone through the whole path."""
+        """Load every model and warm up each device, start one worker per model and device,
+        then report ready once a request has gone through each model's whole path."""
         try:
-            log.info("loading model %s", self.settings.model)
-            self.model = await asyncio.to_thread(self._loader, self.settings)
-            for device in self.model.devices:
-                if device.startswith("cuda"):
-                    for kind in ("allocated", "reserved"):
-                        self.metrics.device_memory.labels(device=device, kind=kind).set_function(
-                            functools.partial(device_memory_bytes, device, kind)
-                        )
-            asked = batch_token_budget(self.settings, self.model.devices)
-            budget, timings = await asyncio.to_thread(self._warm_up, self.model, asked)
-            if budget < asked:
-                log.warning(
-                    "a %d-token batch does not fit in device memory; token budget lowered to"
-                    " %d (set --max-batch-tokens to choose it yourself)", asked, budget,
-                )
-            self._scheduler = Scheduler(
-                max_batch_tokens=budget,
-                max_wait_s=self.settings.max_wait_ms / 1000.0,
-                max_queue=self.settings.max_queue,
-                max_queue_time_s=self.settings.max_queue_time_s,
-                pads=all(s.pads for s in self.model.scorers),
-                metrics=self.metrics,
-                workers=len(self.model.scorers),
-            )
-            self.metrics.batch_token_budget.set(budget)
-            self.metrics.queue_capacity.set(self.settings.max_queue)
-            for tokens, seconds in timings:
-                self._scheduler.throughput.observe(tokens, seconds)
-            log.info(
-                "warm-up: %d-token batches, %s tokens/s per device", budget,
-                ", ".join(f"{t / s:.0f}" for t, s in timings),
-            )
-            self._workers = [
-                Worker(self._scheduler, scorer, self.metrics) for scorer in self.model.scorers
-            ]
-            for worker in self._workers:
-                worker.start()
-            self._service = RerankService(
-                self.model.encoder, self._scheduler, self.metrics,
-                max_request_tokens=self.settings.max_request_tokens,
-            )
-            log.info("warming up")
-            await self._service.rerank("warm up", ["warm up"])
+            for index, name in enumerate(self.settings.served_names):
+                log.info("loading model %s", self.settings.model[index])
+                loaded = await asyncio.to_thread(self._load, index)
+                self._loaded.append(loaded)
+                self.models.append(await self._start_model(name, loaded))
+            for served in self.models:
+                log.info("warming up %s", served.name)
+                await served.service.rerank("warm up", ["warm up"])
         except Exception as exc:
             self.phase = "failed"
             log.error("start-up failed: %s", exc)
@@ -177,73 +169,116 @@ class Runtime:
         if self.phase == "starting":
             self._set_phase("ready")
             self._supervisor = asyncio.create_task(self._supervise())
-            log.info("ready: serving %s", self.settings.served_name)
+            log.info("ready: serving %s", ", ".join(self.settings.served_names))
+
+    def _load(self, index: int) -> LoadedModel:
+        try:
+            return self._loader(self.settings.for_model(index))
+        except Exception as exc:
+            if index == 0 or not is_out_of_memory(exc):
+                raise
+            raise ModelUnavailable(
+                f"{self.settings.model[index]} does not fit in device memory next to"
+                f" {', '.join(self.settings.served_names[:index])}: serve fewer or smaller"
+                " models, or a smaller --dtype"
+            ) from exc
+
+    async def _start_model(self, name: str, loaded: LoadedModel) -> ServedModel:
+        for device in loaded.devices:
+            if device.startswith("cuda"):
+                for kind in ("allocated", "reserved"):
+                    self.metrics.device_memory.labels(device=device, kind=kind).set_function(
+                        functools.partial(device_memory_bytes, device, kind)
+                    )
+        metrics = self.metrics.for_model(name)
+        asked = batch_token_budget(self.settings, loaded.devices)
+        budget, timings = await asyncio.to_thread(self._warm_up, loaded, asked)
+        if budget < asked:
+            log.warning(
+                "%s: a %d-token batch does not fit in device memory; token budget lowered to"
+                " %d (set --max-batch-tokens to choose it yourself)", name, asked, budget,
+            )
+        scheduler = Scheduler(
+            max_batch_tokens=budget,
+            max_wait_s=self.settings.max_wait_ms / 1000.0,
+            max_queue=self.settings.max_queue,
+            max_queue_time_s=self.settings.max_queue_time_s,
+            pads=all(s.pads for s in loaded.scorers),
+            metrics=metrics,
+            workers=len(loaded.scorers),
+        )
+        metrics.batch_token_budget.set(budget)
+        metrics.queue_capacity.set(self.settings.max_queue)
+        for tokens, seconds in timings:
+            scheduler.throughput.observe(tokens, seconds)
+        log.info(
+            "%s warm-up: %d-token batches, %s tokens/s per device", name, budget,
+            ", ".join(f"{t / s:.0f}" for t, s in timings),
+        )
+        workers = [Worker(scheduler, scorer, metrics) for scorer in loaded.scorers]
+        for worker in workers:
+            worker.start()
+        service = RerankService(loaded.encoder, scheduler, metrics,
+                                max_request_tokens=self.settings.max_request_tokens)
+        return ServedModel(name, loaded, scheduler, workers, service, metrics)
 
     def _set_phase(self, phase: Phase) -> None:
         self.phase = phase
         self.metrics.ready.set(1 if phase == "ready" else 0)
 
+    def _give_up(self, why: str) -> None:
+        log.critical("%s; giving up so the orchestrator restarts the process", why)
+        self._set_phase("failed")
+        if self._on_fatal is not None:
+            self._on_fatal(RuntimeError(why))
+
     async def _supervise(self) -> None:
         """Restart dead workers; after MAX_WORKER_DEATHS in DEATH_WINDOW_S, give up. A worker
         whose device broke is not restarted: the device leaves service, and with no device
-        left the process gives up (a fresh process gets a fresh CUDA context)."""
+        left for a model the process gives up (a fresh process gets a fresh CUDA context)."""
         while self.phase in ("ready", "recovering"):
             await asyncio.sleep(SUPERVISE_EVERY_S)
-            self._retire_broken()
-            if not self._workers:
-                log.critical("no device left in service; giving up so the orchestrator"
-                             " restarts the process")
-                self._set_phase("failed")
-                if self._on_fatal is not None:
-                    self._on_fatal(RuntimeError("every device failed with a CUDA error"))
-                return
-            for i, worker in enumerate(self._workers):
-                if worker.alive or self.phase not in ("ready", "recovering"):
-                    continue
-                self._set_phase("recovering")
-                now = time.monotonic()
-                self._deaths = [t for t in self._deaths if now - t < DEATH_WINDOW_S] + [now]
-                if len(self._deaths) >= MAX_WORKER_DEATHS:
-                    log.critical(
-                        "%d worker deaths in %.0f s; giving up so the orchestrator restarts"
-                        " the process", len(self._deaths), DEATH_WINDOW_S,
-                    )
-                    self._set_phase("failed")
-                    if self._on_fatal is not None:
-                        self._on_fatal(RuntimeError("device workers keep dying"))
+            for served in self.models:
+                self._retire_broken(served)
+                if not served.workers:
+                    self._give_up(f"every device of {served.name} failed with a CUDA error")
                     return
-                assert self._scheduler is not None
-                replacement = Worker(self._scheduler, worker.scorer, self.metrics)
-                replacement.start()
-                self._workers[i] = replacement
-                self.metrics.worker_restarts.inc()
-                log.warning("restarted the worker on %s", worker.scorer.device)
-            if self.phase == "recovering" and all(w.alive for w in self._workers):
+                for i, worker in enumerate(served.workers):
+                    if worker.alive or self.phase not in ("ready", "recovering"):
+                        continue
+                    self._set_phase("recovering")
+                    now = time.monotonic()
+                    self._deaths = [t for t in self._deaths if now - t < DEATH_WINDOW_S] + [now]
+                    if len(self._deaths) >= MAX_WORKER_DEATHS:
+                        self._give_up(f"{len(self._deaths)} worker deaths in"
+                                      f" {DEATH_WINDOW_S:.0f} s")
+                        return
+                    replacement = Worker(served.scheduler, worker.scorer, served.metrics)
+                    replacement.start()
+                    served.workers[i] = replacement
+                    self.metrics.worker_restarts.inc()
+                    log.warning("restarted the worker of %s on %s", served.name,
+                                worker.scorer.device)
+            if self.phase == "recovering" and all(
+                w.alive for served in self.models for w in served.workers
+            ):
                 self._set_phase("ready")
 
-    def _retire_broken(self) -> None:
-        broken = [w for w in self._workers if w.broken is not None and not w.alive]
+    def _retire_broken(self, served: ServedModel) -> None:
+        broken = [w for w in served.workers if w.broken is not None and not w.alive]
         if not broken:
             return
-        self._workers = [w for w in self._workers if w not in broken]
+        served.workers = [w for w in served.workers if w not in broken]
         for worker in broken:
             self.metrics.devices_out_of_service.inc()
-            log.error("%s taken out of service: %r", worker.scorer.device, worker.broken)
-        if self._scheduler is not None:
-            self._scheduler.workers = max(1, len(self._workers))
+            log.error("%s taken out of service for %s: %r", worker.scorer.device, served.name,
+                      worker.broken)
+        served.scheduler.workers = max(1, len(served.workers))
 
     def begin_shutdown(self) -> None:
         """Called on SIGTERM: readiness and new requests answer 503 from now on."""
         if self.phase != "failed":
             self._set_phase("stopping")
-
-    def tokens_per_s(self) -> float | None:
-        """Measured scoring speed of all devices; None before start-up measured it."""
-        return None if self._scheduler is None else self._scheduler.tokens_per_s()
-
-    def batch_tokens(self) -> int | None:
-        """The token budget in force (halved for a while after an out-of-memory error)."""
-        return None if self._scheduler is None else self._scheduler.max_batch_tokens
 
     @staticmethod
     def _warm_up(model: LoadedModel, budget: int) -> tuple[int, list[tuple[int, float]]]:
@@ -274,14 +309,14 @@ class Runtime:
             budget //= 2
 
     async def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop taking work, let workers drain the queue, and release threads."""
+        """Stop taking work, let workers drain the queues, and release threads."""
         if self.phase != "failed":
             self._set_phase("stopping")
         if self._supervisor is not None:
             self._supervisor.cancel()
-        if self._scheduler is not None:
-            self._scheduler.close()
-        for worker in self._workers:
-            await asyncio.to_thread(worker.join, timeout_s)
-        if self._service is not None:
-            self._service.close()
+        for served in self.models:
+            served.scheduler.close()
+        for served in self.models:
+            for worker in served.workers:
+                await asyncio.to_thread(worker.join, timeout_s)
+            served.service.close()

@@ -19,7 +19,7 @@ from app.batching.scheduler import Scheduler
 from app.engine.tokenize import EncodedRequest, Encoder
 from app.engine.windows import prompt_scored_tokens
 from app.errors import InvalidRequest, RequestTooLarge
-from app.metrics import Metrics
+from app.metrics import ModelMetrics
 
 BULK_CHARS = 200_000
 """Requests with more characters than this (about 50,000 tokens, ~50 ms of tokenization) are
@@ -88,7 +88,7 @@ class RerankService:
         self,
         encoder: Encoder,
         scheduler: Scheduler,
-        metrics: Metrics,
+        metrics: ModelMetrics,
         *,
         max_request_tokens: int = 2_000_000,
     ) -> None:

@@ -18,7 +18,12 @@ from app.config import Settings
 from app.main import create_app
 from app.runtime import Loader, default_loader
 from app.server import DrainingServer
-from app.testmodel import write_jina_checkpoint, write_test_model
+from app.testmodel import (
+    DECODER_RERANKER_NAMES,
+    write_decoder_test_model,
+    write_jina_checkpoint,
+    write_test_model,
+)
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +34,15 @@ def xlmr_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(write_test_model(tmp_path_factory.mktemp("bert"), "bert", max_length=128))
+
+
+@pytest.fixture(scope="session")
+def decoder_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Each family's tiny model, in a directory named after the model it stands for (the
+    recipe is detected from it, as from a hub id)."""
+    root = tmp_path_factory.mktemp("decoders")
+    return {family: str(write_decoder_test_model(root / f"{name}-tiny", family))  # type: ignore[arg-type]
+            for family, name in DECODER_RERANKER_NAMES.items()}
 
 
 @pytest.fixture(scope="session")
@@ -117,7 +131,7 @@ def _servers() -> Iterator[ServerFactory]:
     """A factory of live servers; every server it made is stopped when the generator ends."""
     started: list[LiveServer] = []
 
-    def make(model: str, loader: Loader = default_loader, wait_ready: bool = True,
+    def make(model: str | list[str], loader: Loader = default_loader, wait_ready: bool = True,
              **overrides: Any) -> LiveServer:
         settings = Settings(**{"model": model, "device": "cpu", "dtype": "float32", **overrides})
         server = LiveServer(settings, loader).start(wait_ready=wait_ready)

@@ -1,5 +1,5 @@
-"""What every rerank route shares: model-name and limit checks, the deadline, cancellation on
-disconnect, and the timing headers."""
+"""What every rerank route shares: routing by model name, limit checks, the deadline,
+cancellation on disconnect, and the timing headers."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from app.api.dialects.base import RerankCall
 from app.api.schemas import ErrorBody
 from app.config import Settings
-from app.errors import DeadlineExceeded, InvalidRequest, ModelNotServed, RequestTooLarge
+from app.errors import DeadlineExceeded, InvalidRequest, RequestTooLarge
 from app.runtime import Runtime
 from app.service import RerankOutcome
 
@@ -34,19 +34,16 @@ def request_id(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", ""))
 
 
-async def score(request: Request, call: RerankCall) -> RerankOutcome | None:
-    """Check the call against the served model and the limits, then rank. None when the
-    client went away before the answer was ready."""
+async def score(request: Request, call: RerankCall) -> tuple[str, RerankOutcome | None]:
+    """Route the call to the model it names, check it against the limits, then rank. Returns
+    the served model's name and the outcome (None when the client went away before the
+    answer was ready)."""
     runtime = runtime_of(request)
     settings = runtime.settings
-    if call.model is not None and call.model not in settings.accepted_model_names:
-        raise ModelNotServed(
-            f"model {call.model!r} is not served here; use {settings.served_name!r} or omit"
-            " 'model'"
-        )
+    served = runtime.route(call.model)
     check_limits(settings, call)
     timeout = request_timeout(request, settings.request_timeout_s)
-    service = runtime.service
+    service = served.service
     if call.queries is None:
         work = service.rerank(call.query, call.texts, call.top_n, call.truncation, timeout,
                               call.instruction)
@@ -57,13 +54,13 @@ async def score(request: Request, call: RerankCall) -> RerankOutcome | None:
     try:
         outcome = await _unless_disconnected(work, request, timeout)
     except DeadlineExceeded:
-        runtime.metrics.deadline_misses.inc()  # it was admitted: the prediction failed
+        served.metrics.deadline_misses.inc()  # it was admitted: the prediction failed
         raise
     finally:
         runtime.metrics.in_flight.dec()
     if outcome is None:
         runtime.metrics.failures.labels(reason="client_disconnected").inc()
-    return outcome
+    return served.name, outcome
 
 
 def check_limits(settings: Settings, call: RerankCall) -> None:

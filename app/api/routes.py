@@ -16,25 +16,32 @@ scrape = APIRouter()
 """/metrics on the API port; left out when --metrics-port gives it a listener of its own."""
 
 
-@v1.get("/models", response_model=ModelList, summary="The served model")
+@v1.get("/models", response_model=ModelList, summary="The served models")
 async def list_models(request: Request) -> Response:
     runtime = runtime_of(request)
-    loaded = runtime.loaded_model
-    card = ModelCard(
-        id=runtime.settings.served_name,
-        max_input_length=loaded.encoder.max_length,
-        dtype=loaded.dtype,
-        devices=loaded.devices,
-        backend=loaded.backend,
-        attention=loaded.attention,
-        scoring=loaded.scoring,
-        takes_instruction=loaded.encoder.takes_instruction,
-        dtype_probe_gflops=loaded.dtype_probe,
-        tokens_per_second=runtime.tokens_per_s(),
-        max_queue_time_s=runtime.settings.max_queue_time_s,
-        max_batch_tokens=runtime.batch_tokens(),
-    )
-    return JSONBytes(ModelList(data=[card]).model_dump())
+    cards = []
+    for index, name in enumerate(runtime.settings.served_names):
+        if index >= len(runtime.models):
+            raise runtime.not_ready()  # still loading: 503
+        served = runtime.models[index]
+        loaded = served.loaded
+        cards.append(ModelCard(
+            id=name,
+            max_input_length=loaded.encoder.max_length,
+            dtype=loaded.dtype,
+            devices=loaded.devices,
+            backend=loaded.backend,
+            attention=loaded.attention,
+            scoring=loaded.scoring,
+            takes_instruction=loaded.encoder.takes_instruction,
+            aliases=[a.partition("=")[0] for a in runtime.settings.alias
+                     if runtime.settings.model_index(a.partition("=")[2]) == index],
+            dtype_probe_gflops=loaded.dtype_probe,
+            tokens_per_second=served.scheduler.tokens_per_s(),
+            max_queue_time_s=runtime.settings.max_queue_time_s,
+            max_batch_tokens=served.scheduler.max_batch_tokens,
+        ))
+    return JSONBytes(ModelList(data=cards).model_dump())
 
 
 @ops.get("/health", summary="Liveness: the process is up", response_model=Status)

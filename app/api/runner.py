@@ -16,7 +16,6 @@ from app.api.common import (
     ERROR_RESPONSES,
     disconnected_response,
     request_id,
-    runtime_of,
     score,
     timing_headers,
 )
@@ -36,11 +35,10 @@ def handler(dialects: Sequence[Dialect[Any]]) -> Callable[[Request], Awaitable[R
         dialect = pick(dialects, data)
         body = validate(data, dialect.request)
         call = dialect.decode(body)
-        outcome = await score(request, call)
+        model, outcome = await score(request, call)
         if outcome is None:
             return disconnected_response()
-        reply = Reply(request_id(request), runtime_of(request).settings.served_name,
-                      int(time.time()))
+        reply = Reply(request_id(request), model, int(time.time()))
         return JSONBytes(dialect.encode(body, call, outcome, reply),
                          headers=timing_headers(outcome))
 

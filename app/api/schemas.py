@@ -26,6 +26,8 @@ class ModelCard(BaseModel):
     takes_instruction: bool = Field(
         False, description="Whether requests may send an `instruction`"
     )
+    aliases: list[str] = Field(default_factory=list,
+                               description="Other names requests may use for this model")
     dtype_probe_gflops: dict[str, float] | None = Field(
         None,
         description="With --dtype auto on a CPU: the start-up probe's matmul speed per candidate"

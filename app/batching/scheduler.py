@@ -26,7 +26,7 @@ from app.batching.admission import Admitted, forecast
 from app.batching.throughput import Throughput
 from app.engine.backends import TokenIds
 from app.errors import InferenceFailed, QueueFull, RequestTooLarge
-from app.metrics import Metrics
+from app.metrics import ModelMetrics
 
 ESTIMATE_MARGIN = 2.0
 """A request is refused as too large before tokenizing only when its estimated compute is
@@ -92,7 +92,7 @@ class Scheduler:
         max_wait_s: float,
         max_queue: int,
         pads: bool,
-        metrics: Metrics,
+        metrics: ModelMetrics,
         max_queue_time_s: float = math.inf,
         lookahead: int = 1024,
         workers: int = 1,

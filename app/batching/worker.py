@@ -23,7 +23,7 @@ from app.engine.backends import (
     is_out_of_memory,
     release_cached_memory,
 )
-from app.metrics import Metrics
+from app.metrics import ModelMetrics
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ class Worker:
     restart it."""
 
     def __init__(
-        self, scheduler: Scheduler, scorer: Scorer, metrics: Metrics, trace: Trace | None = None
+        self, scheduler: Scheduler, scorer: Scorer, metrics: ModelMetrics,
+        trace: Trace | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.scorer = scorer

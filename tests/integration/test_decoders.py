@@ -11,7 +11,6 @@ import pytest
 
 from app.engine.loading import load_model
 from app.errors import ModelUnavailable
-from app.testmodel import DECODER_RERANKER_NAMES, write_decoder_test_model
 from tests.conftest import LiveServer, ServerFactory
 from tests.reference_decoders import prompts, reference_decoder_logit, reference_decoder_scores
 from tests.samples import DOCS, QUERY
@@ -19,15 +18,6 @@ from tests.samples import DOCS, QUERY
 RECIPE = {"qwen3": "qwen3-reranker", "qwen2": "mxbai-rerank-v2", "gemma": "bge-reranker-gemma"}
 LONG_DOC = " ".join(f"Mars {i} is red and Venus {i} is hot, said the report." for i in range(90))
 MIXED = [*DOCS, "", "Mars", LONG_DOC]
-
-
-@pytest.fixture(scope="session")
-def decoder_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Each family's tiny model, in a directory named after the model it stands for (the
-    recipe is detected from it, as from a hub id)."""
-    root = tmp_path_factory.mktemp("decoders")
-    return {family: str(write_decoder_test_model(root / f"{name}-tiny", family))  # type: ignore[arg-type]
-            for family, name in DECODER_RERANKER_NAMES.items()}
 
 
 def _scores(model_dir: str, backend: str, query: str, docs: list[str],

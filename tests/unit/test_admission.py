@@ -12,7 +12,7 @@ from app.batching.admission import SLACK, Admitted, forecast
 from app.batching.policy import GUARD_EVERY
 from app.batching.scheduler import Scheduler
 from app.errors import QueueFull, RequestTooLarge
-from app.metrics import Metrics
+from app.metrics import Metrics, ModelMetrics
 
 RATE = 1000.0  # tokens per second
 
@@ -101,7 +101,7 @@ class Clock:
         return self.now
 
 
-def scheduler(clock: Clock, metrics: Metrics, max_queue_time_s: float = 1.0) -> Scheduler:
+def scheduler(clock: Clock, metrics: ModelMetrics, max_queue_time_s: float = 1.0) -> Scheduler:
     s = Scheduler(max_batch_tokens=1000, max_wait_s=0.0, max_queue=10_000, pads=False,
                   metrics=metrics, max_queue_time_s=max_queue_time_s, clock=clock)
     s.throughput.observe(int(RATE), 1.0)  # as the warm-up seeds it
@@ -109,7 +109,7 @@ def scheduler(clock: Clock, metrics: Metrics, max_queue_time_s: float = 1.0) -> 
 
 
 async def test_the_scheduler_refuses_at_once_and_keeps_no_trace() -> None:
-    clock, metrics = Clock(), Metrics()
+    clock, metrics = Clock(), Metrics().for_model("test")
     s = scheduler(clock, metrics)
     for _ in range(3):  # 1.5 s of work, nothing ahead of any of it
         job = s.admit(500, timeout_s=60)
@@ -128,7 +128,7 @@ async def test_the_scheduler_refuses_at_once_and_keeps_no_trace() -> None:
 
 
 async def test_in_flight_work_counts_down_with_the_clock() -> None:
-    clock, metrics = Clock(), Metrics()
+    clock, metrics = Clock(), Metrics().for_model("test")
     s = scheduler(clock, metrics)
     s.submit([([1] * 1000, 1), ([1] * 500, 1)])
     batch = await asyncio.to_thread(s.next_batch)
@@ -143,7 +143,7 @@ async def test_in_flight_work_counts_down_with_the_clock() -> None:
 
 
 async def test_a_released_reservation_no_longer_counts() -> None:
-    clock, metrics = Clock(), Metrics()
+    clock, metrics = Clock(), Metrics().for_model("test")
     s = scheduler(clock, metrics)
     s.admit(700, timeout_s=60)
     held = s.admit(700, timeout_s=60)  # admitted, still being tokenized
@@ -154,7 +154,7 @@ async def test_a_released_reservation_no_longer_counts() -> None:
 
 
 async def test_the_real_token_count_replaces_the_estimate() -> None:
-    clock, metrics = Clock(), Metrics()
+    clock, metrics = Clock(), Metrics().for_model("test")
     s = scheduler(clock, metrics, max_queue_time_s=math.inf)
     job = s.admit(500, timeout_s=60)  # estimated from characters
     with pytest.raises(RequestTooLarge, match="about 70000 tokens"):
@@ -163,7 +163,7 @@ async def test_the_real_token_count_replaces_the_estimate() -> None:
 
 
 async def test_only_the_real_token_count_decides_413_near_the_line() -> None:
-    clock, metrics = Clock(), Metrics()
+    clock, metrics = Clock(), Metrics().for_model("test")
     s = scheduler(clock, metrics, max_queue_time_s=math.inf)
     # estimated at 1.5x its 10 s deadline: the estimate may be off, so it is tokenized first
     job = s.admit(15_000, timeout_s=10)
@@ -174,7 +174,7 @@ async def test_only_the_real_token_count_decides_413_near_the_line() -> None:
 
 
 async def test_a_request_larger_than_estimated_is_checked_again_before_any_device_time() -> None:
-    clock, metrics = Clock(), Metrics()
+    clock, metrics = Clock(), Metrics().for_model("test")
     s = scheduler(clock, metrics)
     job = s.admit(500, timeout_s=5.0)  # estimated 0.5 s of work: admitted
     with pytest.raises(QueueFull) as refused:

@@ -59,5 +59,32 @@ def test_bad_device_is_rejected(device: str) -> None:
 def test_served_name_and_aliases() -> None:
     s = Settings(model="jinaai/jina-reranker-v2-base-multilingual")
     assert s.served_name == "jinaai/jina-reranker-v2-base-multilingual"
-    assert "jina-reranker-v2-base-multilingual" in s.accepted_model_names
-    assert Settings(served_model_name="mine").accepted_model_names == {"mine"}
+    assert s.model_index("jina-reranker-v2-base-multilingual") == 0
+    assert s.model_index(None) == 0 and s.model_index("jina-reranker-v1-base-en") is None
+    mine = Settings(served_model_name="mine")
+    assert mine.model_index("mine") == 0
+    assert mine.model_index("jina-reranker-v2-base-multilingual") is None
+
+
+def test_several_models_with_names_and_aliases(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Settings(model=["/m/jina", "Qwen/Qwen3-Reranker-0.6B"], served_model_name=["jina"],
+                 alias=["jina-reranker-v1-base-en=jina", "qwen=Qwen3-Reranker-0.6B"])
+    assert s.served_names == ["jina", "Qwen/Qwen3-Reranker-0.6B"]
+    assert [s.model_index(n) for n in ("jina", "jina-reranker-v1-base-en", None)] == [0, 0, 0]
+    assert [s.model_index(n) for n in ("Qwen3-Reranker-0.6B", "qwen")] == [1, 1]
+    assert s.for_model(1).model == ["Qwen/Qwen3-Reranker-0.6B"]
+    monkeypatch.setenv("RERANKER_MODEL", "/a, /b")
+    monkeypatch.setenv("RERANKER_SERVED_MODEL_NAME", "a,b")
+    assert Settings().served_names == ["a", "b"]
+
+
+@pytest.mark.parametrize(("kwargs", "words"), [
+    (dict(model=["/a", "/b"], served_model_name=["x", "x"]), "same name"),
+    (dict(model=["/a"], served_model_name=["x", "y"]), "2 names for 1 models"),
+    (dict(model=["/a"], alias=["nonsense"]), "ALIAS=NAME"),
+    (dict(model=["/a"], alias=["v1=nobody"]), "names no served model"),
+    (dict(model=[]), "at least one model"),
+])
+def test_bad_model_lists_are_refused(kwargs: dict[str, object], words: str) -> None:
+    with pytest.raises(ValidationError, match=words):
+        Settings(**kwargs)

@@ -44,7 +44,7 @@ class Handshake(SumScorer):
 
 async def test_the_next_batch_is_packed_during_the_forward_pass() -> None:
     s = Scheduler(max_batch_tokens=10, max_wait_s=0.0, max_queue=100, pads=False,
-                  metrics=Metrics())
+                  metrics=Metrics().for_model("test"))
     jobs = [s.submit([([j + 1] * 10, 1)]) for j in range(BATCHES)]  # one batch each, all ready
     events: list[tuple[str, int]] = []
 
@@ -52,7 +52,7 @@ async def test_the_next_batch_is_packed_during_the_forward_pass() -> None:
         events.append((event, int(batch.items[0].ids[0]) - 1))  # batch k holds token k + 1
 
     scorer = Handshake()
-    worker = Worker(s, scorer, Metrics(), trace=trace)
+    worker = Worker(s, scorer, Metrics().for_model("test"), trace=trace)
     worker.start()
     results = await asyncio.gather(*(job.future for job in jobs))
     s.close()

@@ -20,7 +20,8 @@ from tests.fakes import SumScorer
 
 def make(**kw: object) -> Scheduler:
     args: dict[str, object] = dict(
-        max_batch_tokens=1000, max_wait_s=0.0, max_queue=1000, pads=True, metrics=Metrics()
+        max_batch_tokens=1000, max_wait_s=0.0, max_queue=1000, pads=True,
+        metrics=Metrics().for_model("test"),
     )
     args.update(kw)
     return Scheduler(**args)  # type: ignore[arg-type]
@@ -93,7 +94,7 @@ async def test_items_that_arrive_while_waiting_join_the_batch() -> None:
 
 
 async def test_abandoned_items_are_skipped_and_counted() -> None:
-    metrics = Metrics()
+    metrics = Metrics().for_model("test")
     s = make(metrics=metrics)
     gone = s.submit([pair(5, 1)] * 3)
     kept = s.submit([pair(6, 2)] * 2)
@@ -133,7 +134,7 @@ async def test_close_drains_then_stops() -> None:
 async def test_worker_reassembles_each_request_in_order() -> None:
     s = make(max_batch_tokens=12, max_wait_s=0.01)
     scorer = SumScorer()
-    worker = Worker(s, scorer, Metrics())
+    worker = Worker(s, scorer, Metrics().for_model("test"))
     worker.start()
     jobs = [s.submit([pair(k % 3 + 1, token=100 * j + k) for k in range(7)]) for j in range(5)]
     results = await asyncio.gather(*(job.future for job in jobs))
@@ -158,7 +159,7 @@ class FailOn(SumScorer):
 
 async def test_a_failed_batch_fails_only_its_requests() -> None:
     s = make(max_batch_tokens=20, max_wait_s=0.0)
-    metrics = Metrics()
+    metrics = Metrics().for_model("test")
     worker = Worker(s, FailOn(bad_token=7), metrics)
     ok_before = s.submit([pair(20, token=1)])  # fills a batch alone
     bad = s.submit([pair(10, token=7), pair(10, token=7)])  # exactly one batch

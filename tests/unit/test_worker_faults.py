@@ -43,14 +43,14 @@ class OutOfMemoryOnBigBatches(SumScorer):
 
 def scheduler() -> Scheduler:
     return Scheduler(max_batch_tokens=100, max_wait_s=0.0, max_queue=100, pads=False,
-                     metrics=Metrics())
+                     metrics=Metrics().for_model("test"))
 
 
 async def test_an_out_of_memory_retry_starts_after_the_failed_attempt_is_freed() -> None:
     s = scheduler()
     job = s.submit([([j + 1] * 5, 1) for j in range(4)])  # one batch of four pairs
     scorer = OutOfMemoryOnBigBatches()
-    worker = Worker(s, scorer, Metrics())
+    worker = Worker(s, scorer, Metrics().for_model("test"))
     worker.start()
     logits = await job.future
     s.close()
@@ -103,7 +103,7 @@ async def test_a_sticky_cuda_error_fails_its_batch_and_hands_the_rest_to_other_d
     s = scheduler()
     s.workers = 2
     broken = BreaksOnMarker(marker=7)
-    worker = Worker(s, broken, Metrics())
+    worker = Worker(s, broken, Metrics().for_model("test"))
     worker.start()
     poisoned = s.submit([([7] * 60, 1)])
     with pytest.raises(RerankError):
@@ -113,7 +113,7 @@ async def test_a_sticky_cuda_error_fails_its_batch_and_hands_the_rest_to_other_d
     runs = broken.runs
     # work submitted afterwards (or prepared for the broken worker) is served elsewhere
     later = [s.submit([([j + 1] * 60, 1)]) for j in range(3)]
-    healthy = Worker(s, SumScorer(pads=False), Metrics())
+    healthy = Worker(s, SumScorer(pads=False), Metrics().for_model("test"))
     healthy.start()
     results = await asyncio.gather(*(job.future for job in later))
     s.close()
