@@ -152,10 +152,12 @@ class Runtime:
         """Load every model and warm up each device, start one worker per model and device,
         then report ready once a request has gone through each model's whole path."""
         try:
-            for index, name in enumerate(self.settings.served_names):
+            # Every model is loaded before any is warmed up, so each warm-up batch (the
+            # largest a model will run) is measured with all the weights in device memory.
+            for index in range(len(self.settings.model)):
                 log.info("loading model %s", self.settings.model[index])
-                loaded = await asyncio.to_thread(self._load, index)
-                self._loaded.append(loaded)
+                self._loaded.append(await asyncio.to_thread(self._load, index))
+            for name, loaded in zip(self.settings.served_names, self._loaded, strict=True):
                 self.models.append(await self._start_model(name, loaded))
             for served in self.models:
                 log.info("warming up %s", served.name)
@@ -192,7 +194,17 @@ class Runtime:
                     )
         metrics = self.metrics.for_model(name)
         asked = batch_token_budget(self.settings, loaded.devices)
-        budget, timings = await asyncio.to_thread(self._warm_up, loaded, asked)
+        try:
+            budget, timings = await asyncio.to_thread(self._warm_up, loaded, asked)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            others = [n for n in self.settings.served_names if n != name]
+            beside = f" next to {', '.join(others)}" if others else ""
+            raise ModelUnavailable(
+                f"{name}: not even one full-length input fits in device memory{beside}: serve"
+                " fewer or smaller models, or a smaller --dtype"
+            ) from exc
         if budget < asked:
             log.warning(
                 "%s: a %d-token batch does not fit in device memory; token budget lowered to"

@@ -204,3 +204,23 @@ def test_a_budget_that_does_not_fit_is_lowered_at_start_up(
     assert warm_up and len({len(x) for x in warm_up[0]}) > 1  # windows of mixed lengths
     # once started, no batch needs splitting: every forward fits
     assert server.metric("reranker_out_of_memory_total") == 0
+
+
+def test_models_that_do_not_fit_together_stop_the_start_with_one_line(
+    server_factory: ServerFactory, xlmr_dir: str, bert_dir: str
+) -> None:
+    """The second model's warm-up runs out of memory even at one full-length input: the start
+    fails naming both models, instead of serving one that cannot run."""
+    loader, _ = wrapping_loader(
+        lambda s: WrappedScorer(s, fail_if=lambda ids: s.model.cfg.family == "bert",
+                                error=lambda: torch.OutOfMemoryError("CUDA oom"))
+    )
+    server = server_factory([xlmr_dir, bert_dir], loader=loader, wait_ready=False,
+                            served_model_name=["xlmr", "bert"])
+    deadline = time.monotonic() + 60
+    while not server.fatal:
+        assert time.monotonic() < deadline, "the start did not fail"
+        time.sleep(0.05)
+    message = str(server.fatal[0])
+    assert "bert: not even one full-length input fits in device memory next to xlmr" in message
+    assert server.runtime.phase == "failed"
