@@ -184,36 +184,7 @@ def run(device: str, small: bool, seconds: float) -> bool:
               f" {min(len(p.ids) for p in pairs)}-{max(len(p.ids) for p in pairs)} tokens")
         print(f"fp32 engine vs stock transformers fp32: max |logit difference|"
               f" {np.abs(ref - stock_ref).max():.2e}\n")
-        print("| dtype | attention | max Δlogit vs fp32 | vs padded, same dtype | pairs/s "
-              + " | ".join(MIXES) + " | MFU " + " | ".join(MIXES) + " | |")
-        print("|---|---|---|---|" + "---|" * (2 * len(MIXES)) + "---|")
-        ok = True
-        dtypes = ["bfloat16", "float16"] if cuda else ["bfloat16"]
-        for dtype in dtypes:
-            scorer = load_model(str(jina), device=device, dtype=dtype).scorers[0]
-            assert isinstance(scorer, NativeScorer)
-            paths = [p for p in attention_candidates(device, getattr(torch, dtype)) if usable(p)]
-            if not cuda:
-                paths.append("sdpa-padded")
-            scorer.attention = "sdpa-padded"
-            padded = score_all(scorer, pairs)
-            for path in paths:
-                scorer.attention = path
-                try:
-                    got = score_all(scorer, pairs)
-                    rates = [speed(scorer, mixes[m], device, seconds) for m in MIXES]
-                except Exception as exc:  # a path that cannot run here is a failed row
-                    print(f"| {dtype} | {path} | error: {type(exc).__name__}: {exc} |"
-                          + " |" * (1 + 2 * len(MIXES)) + " FAIL |")
-                    ok = False
-                    continue
-                own = float(np.max(np.abs(got - padded) / (1 + np.abs(padded))))
-                passed = own <= TOLERANCE[dtype]
-                ok &= passed
-                print(f"| {dtype} | {path} | {np.abs(got - ref).max():.2e} | {own:.2e} | "
-                      + " | ".join(f"{r[0]:.0f}" for r in rates) + " | "
-                      + " | ".join(f"{100 * r[1] / ceiling:.0f}%" for r in rates)
-                      + f" | {'ok' if passed else 'FAIL'} |")
+        ok = path_rows(jina, device, pairs, ref, mixes, seconds, ceiling)
         print(f"\nstart-up phases: random checkpoint written {t_build:.1f} s; fp32"
               f" model loaded onto {device} (attention self-check included) {t_load:.1f} s;"
               f" first batches (kernel selection) {t_first:.1f} s")
@@ -223,7 +194,6 @@ def run(device: str, small: bool, seconds: float) -> bool:
 
 def decoder_rows(root: Path, device: str, small: bool, seconds: float, ceiling: float) -> bool:
     """The decoder table: Qwen3-Reranker-shaped model, each attention path, causal."""
-    cuda = device.startswith("cuda")
     size = dict(hidden=64, layers=2, heads=4, kv_heads=2) if small else QWEN3_06B_SHAPE
     model = write_decoder_test_model(root / "Qwen3-Reranker-shaped", "qwen3", max_length=8192,
                                      **size)
@@ -241,9 +211,20 @@ def decoder_rows(root: Path, device: str, small: bool, seconds: float, ceiling: 
           f" shapes): {len(pairs)} prompts of {min(len(p.ids) for p in pairs)}-"
           f"{max(len(p.ids) for p in pairs)} tokens; native fp32 vs stock AutoModelForCausalLM"
           f" fp32: max |logit difference| {np.abs(ref - stock).max():.2e}\n")
-    print("| dtype | attention | max Δlogit vs fp32 | vs padded, same dtype | pairs/s | MFU | |")
-    print("|---|---|---|---|---|---|---|")
     ok = bool(np.abs(ref - stock).max() <= TOLERANCE["float32"])
+    return path_rows(model, device, pairs, ref, {"RAG mixed": mix}, seconds, ceiling) and ok
+
+
+def path_rows(model: Path, device: str, pairs: list[Pair], ref: np.ndarray,
+              mixes: dict[str, Mix], seconds: float, ceiling: float) -> bool:
+    """One table row per half-precision dtype and attention path of the native engine: its
+    logits against fp32 (`ref`) and against padded SDPA in its own dtype (a row fails past
+    the tolerance), then pairs/s and MFU per mix. False when any row failed."""
+    cuda = device.startswith("cuda")
+    print("| dtype | attention | max Δlogit vs fp32 | vs padded, same dtype | pairs/s "
+          + " | ".join(mixes) + " | MFU " + " | ".join(mixes) + " | |")
+    print("|---|---|---|---|" + "---|" * (2 * len(mixes)) + "---|")
+    ok = True
     for dtype in ["bfloat16", "float16"] if cuda else ["bfloat16"]:
         scorer = load_model(str(model), device=device, dtype=dtype).scorers[0]
         assert isinstance(scorer, NativeScorer)
@@ -256,17 +237,19 @@ def decoder_rows(root: Path, device: str, small: bool, seconds: float, ceiling: 
             scorer.attention = path
             try:
                 got = score_all(scorer, pairs)
-                rate = speed(scorer, mix, device, seconds)
-            except Exception as exc:
-                print(f"| {dtype} | {path} | error: {type(exc).__name__}: {exc} | | | | FAIL |")
+                rates = [speed(scorer, mix, device, seconds) for mix in mixes.values()]
+            except Exception as exc:  # a path that cannot run here is a failed row
+                print(f"| {dtype} | {path} | error: {type(exc).__name__}: {exc} |"
+                      + " |" * (1 + 2 * len(mixes)) + " FAIL |")
                 ok = False
                 continue
             own = float(np.max(np.abs(got - padded) / (1 + np.abs(padded))))
             passed = own <= TOLERANCE[dtype]
             ok &= passed
-            print(f"| {dtype} | {path} | {np.abs(got - ref).max():.2e} | {own:.2e} |"
-                  f" {rate[0]:.1f} | {100 * rate[1] / ceiling:.0f}% |"
-                  f" {'ok' if passed else 'FAIL'} |")
+            print(f"| {dtype} | {path} | {np.abs(got - ref).max():.2e} | {own:.2e} | "
+                  + " | ".join(f"{r[0]:.0f}" for r in rates) + " | "
+                  + " | ".join(f"{100 * r[1] / ceiling:.0f}%" for r in rates)
+                  + f" | {'ok' if passed else 'FAIL'} |")
     return ok
 
 

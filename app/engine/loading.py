@@ -7,11 +7,13 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from app.engine.backends import CausalLMScorer, Scorer, TransformersScorer
 from app.engine.decoder import (
@@ -257,25 +259,43 @@ def load_tokenizer(model_dir: Path) -> Any:
     return tokenizer
 
 
+def native_replicas(
+    model_dir: Path, build: Callable[[], nn.Module],
+    tensors: Callable[[], dict[str, torch.Tensor]], devices: list[str], dtype: str,
+) -> list[nn.Module]:
+    """One replica of a native model per device: the checkpoint read once, renamed by
+    `tensors`, checked complete against `build()`'s parameters, then assigned without a
+    random initialisation (built on the meta device)."""
+    try:
+        native = tensors()
+        with torch.device("meta"):
+            expected = {k: v.shape for k, v in build().state_dict().items()}
+        check_complete(native, expected)
+    except (ValueError, KeyError, OSError) as exc:
+        raise ModelUnavailable(f"{model_dir}: cannot load the checkpoint: {exc}") from exc
+    replicas: list[nn.Module] = []
+    for dev in devices:
+        with torch.device("meta"):
+            net = build()
+        net.load_state_dict({k: native[k] for k in expected}, strict=True, assign=True)
+        replicas.append(net.to(device=dev, dtype=_DTYPES[dtype]).eval())
+    return replicas
+
+
 def load_native(
     model_dir: Path, config: dict[str, Any], family: Family, devices: list[str], dtype: str
 ) -> list[NativeScorer]:
     """Native encoders (either checkpoint naming), one per device, weights read once."""
     try:
         cfg = EncoderConfig.from_hf(config, family)
-        native = to_native(read_state_dict(model_dir), family)
-        with torch.device("meta"):
-            expected = {k: v.shape for k, v in CrossEncoder(cfg).state_dict().items()}
-        check_complete(native, expected)
-    except (ValueError, KeyError, OSError) as exc:
+    except (ValueError, KeyError) as exc:
         raise ModelUnavailable(f"{model_dir}: cannot load the checkpoint: {exc}") from exc
+    nets = native_replicas(model_dir, lambda: CrossEncoder(cfg),
+                           lambda: to_native(read_state_dict(model_dir), family), devices, dtype)
+    head_dim = cfg.hidden_size // cfg.num_heads
     scorers: list[NativeScorer] = []
-    for dev in devices:
-        with torch.device("meta"):
-            net = CrossEncoder(cfg)
-        net.load_state_dict({k: native[k] for k in expected}, strict=True, assign=True)
-        net.to(device=dev, dtype=_DTYPES[dtype]).eval()
-        head_dim = cfg.hidden_size // cfg.num_heads
+    for net, dev in zip(nets, devices, strict=True):
+        assert isinstance(net, CrossEncoder)
         path = checked_attention(dev, _DTYPES[dtype], cfg.num_heads, head_dim)
         scorers.append(NativeScorer.for_encoder(net, dev, path))
     return scorers
@@ -429,20 +449,16 @@ def load_decoder(
 def load_native_decoder(
     model_dir: Path, config: dict[str, Any], rows: list[int], devices: list[str], dtype: str
 ) -> list[NativeScorer]:
+    """Native Qwen2/Qwen3 decoders, one per device, with the LM-head rows `rows` only."""
     try:
         cfg = DecoderConfig.from_hf(config)
-        native = to_decoder_native(read_state_dict(model_dir), cfg, rows)
-        with torch.device("meta"):
-            expected = {k: v.shape for k, v in DecoderReranker(cfg, len(rows)).state_dict().items()}
-        check_complete(native, expected)
-    except (ValueError, KeyError, OSError) as exc:
+    except (ValueError, KeyError) as exc:
         raise ModelUnavailable(f"{model_dir}: cannot load the checkpoint: {exc}") from exc
+    nets = native_replicas(model_dir, lambda: DecoderReranker(cfg, len(rows)),
+                           lambda: to_decoder_native(read_state_dict(model_dir), cfg, rows),
+                           devices, dtype)
     scorers: list[NativeScorer] = []
-    for dev in devices:
-        with torch.device("meta"):
-            net = DecoderReranker(cfg, len(rows))
-        net.load_state_dict({k: native[k] for k in expected}, strict=True, assign=True)
-        net.to(device=dev, dtype=_DTYPES[dtype]).eval()
+    for net, dev in zip(nets, devices, strict=True):
         check = functools.partial(causal_self_check, dev, _DTYPES[dtype], cfg.num_heads,
                                   cfg.num_kv_heads, cfg.head_dim)
         path = checked_attention(dev, _DTYPES[dtype], cfg.num_heads, cfg.head_dim, check)

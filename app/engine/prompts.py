@@ -17,7 +17,7 @@ import numpy as np
 
 from app.engine.recipes import Recipe
 from app.engine.tokenize import EncodedRequest, Pair
-from app.engine.windows import window_spans
+from app.engine.windows import client_cut, client_windows
 from app.errors import ModelUnavailable, RequestTooLarge
 
 
@@ -90,9 +90,8 @@ class PromptEncoder:
         for doc, encoding in enumerate(encodings):
             ids = np.asarray(encoding.ids, dtype=np.int32)
             split = _document_start(encoding.offsets, len(lead))
-            lead_ids, doc_ids = ids[:split], ids[split:]
-            if max_doc_tokens is not None and len(doc_ids) > max_doc_tokens:
-                doc_ids = doc_ids[-max_doc_tokens:] if keep_tail else doc_ids[:max_doc_tokens]
+            lead_ids = ids[:split]
+            doc_ids = client_cut(ids[split:], max_doc_tokens, keep_tail)
             inputs += len(doc_ids)
             prompt = len(head) + len(lead_ids) + len(tail)
             budget = self.max_length - prompt
@@ -102,12 +101,9 @@ class PromptEncoder:
                     f" {prompt} tokens of the model's {self.max_length}: shorten the"
                     " instruction or the query"
                 )
-            spans = window_spans(len(doc_ids), budget)
-            if max_windows is not None and len(spans) > max_windows:
-                spans = spans[-max_windows:] if keep_tail else spans[:max_windows]
             before = np.asarray([*head, *lead_ids], dtype=np.int32)
             after = np.asarray(tail, dtype=np.int32)
-            for start, end in spans:
+            for start, end in client_windows(len(doc_ids), budget, max_windows, keep_tail):
                 pair_ids = np.concatenate([before, doc_ids[start:end], after])
                 total += len(pair_ids)
                 pairs.append(Pair(pair_ids, len(before), doc))

@@ -8,7 +8,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from app.engine.windows import window_budget, window_spans
+from app.engine.windows import client_cut, client_windows, window_budget
 
 Family = Literal["xlm-roberta", "bert"]
 
@@ -135,14 +135,10 @@ class PairEncoder:
         pairs: list[Pair] = []
         total = 0
         inputs = len(query_ids)
-        for doc, doc_ids in enumerate(self.encode_documents(documents)):
-            if max_doc_tokens is not None and len(doc_ids) > max_doc_tokens:
-                doc_ids = doc_ids[-max_doc_tokens:] if keep_tail else doc_ids[:max_doc_tokens]
+        for doc, encoded in enumerate(self.encode_documents(documents)):
+            doc_ids = client_cut(encoded, max_doc_tokens, keep_tail)
             inputs += len(doc_ids)
-            spans = window_spans(len(doc_ids), budget)
-            if max_windows is not None and len(spans) > max_windows:
-                spans = spans[-max_windows:] if keep_tail else spans[:max_windows]
-            for start, end in spans:
+            for start, end in client_windows(len(doc_ids), budget, max_windows, keep_tail):
                 ids = self.pair_ids(query_ids, doc_ids[start:end])
                 total += len(ids)
                 pairs.append(Pair(ids, split, doc))

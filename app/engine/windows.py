@@ -9,6 +9,8 @@ document's score is the maximum over its windows.
 
 from __future__ import annotations
 
+import numpy as np
+
 MAX_OVERLAP = 80
 
 
@@ -38,6 +40,24 @@ def window_spans(doc_len: int, budget: int, overlap: int = MAX_OVERLAP) -> list[
             return spans
         spans.append((start, end))
         start += step
+
+
+def client_cut(doc_ids: np.ndarray, max_doc_tokens: int | None, keep_tail: bool) -> np.ndarray:
+    """A document's tokens, cut to `max_doc_tokens` when a client asked (its start, or its
+    end with `keep_tail`)."""
+    if max_doc_tokens is None or len(doc_ids) <= max_doc_tokens:
+        return doc_ids
+    return doc_ids[-max_doc_tokens:] if keep_tail else doc_ids[:max_doc_tokens]
+
+
+def client_windows(doc_len: int, budget: int, max_windows: int | None,
+                   keep_tail: bool) -> list[tuple[int, int]]:
+    """window_spans, of which only `max_windows` are kept when a client asked (the first, or
+    the last with `keep_tail`)."""
+    spans = window_spans(doc_len, budget)
+    if max_windows is None or len(spans) <= max_windows:
+        return spans
+    return spans[-max_windows:] if keep_tail else spans[:max_windows]
 
 
 def window_count(doc_len: int, budget: int, overlap: int = MAX_OVERLAP) -> int:
