@@ -66,6 +66,31 @@ def _readme_block(marker: str) -> str:
     return match.group(1)
 
 
+def test_readme_two_models_example_works(tmp_path: Path) -> None:
+    """The README's jina-reranker-v2 + Qwen3-Reranker example, offline: the two random test
+    models served under the hub ids the example names, then its curl calls."""
+    block = _readme_block("example: two models")
+    serve = shlex.split(block.split("\ncurl")[0].replace("\\\n", " "))
+    assert serve[0] == "scripts/serve.sh"
+    models = [serve[i + 1] for i, arg in enumerate(serve) if arg == "--model"]
+    dirs = [tmp_path / "jina", tmp_path / "Qwen3-Reranker-tiny"]
+    for out, family in zip(dirs, ("xlm-roberta", "qwen3"), strict=True):
+        assert _run("make-test-model", str(out), "--family", family).returncode == 0
+    flags = [arg for path, name in zip(dirs, models, strict=True)
+             for arg in ("--model", str(path), "--served-model-name", name)]
+    alias = serve[serve.index("--alias") + 1]
+    server, url = spawn_server(*flags, "--alias", alias, "--device", "cpu", timeout=180)
+    try:
+        for call in ["curl" + c for c in block.split("\ncurl")[1:]]:
+            out = subprocess.run(["bash", "-c", call.replace("localhost:8080", url)],
+                                 capture_output=True, timeout=60, check=True)
+            body = orjson.loads(out.stdout)
+            assert len(body["results"]) == 2 and body["model"] in models, body
+    finally:
+        server.terminate()
+        assert server.wait(30) == 0
+
+
 def test_readme_quickstart_works(tmp_path: Path) -> None:
     """`reranker make-test-model`, `reranker serve`, then the README's curl example."""
     model_dir = tmp_path / "tiny"
