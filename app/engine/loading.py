@@ -106,28 +106,34 @@ def resolve_model_dir(model: str, cache_dir: str | None = None) -> Path:
 
 
 PROBE_TOKENS = 2048
-PROBE_SECONDS = 0.3
-"""Time spent timing each candidate dtype (2 on a CPU: under a second in all)."""
+PROBE_SECONDS = 0.6
+"""Time spent timing the candidate dtypes, all together (under a second)."""
 
 
-def matmul_gflops(device: str, dtype: torch.dtype, hidden: int, intermediate: int) -> float:
-    """GFLOP/s of a [PROBE_TOKENS, hidden] x [hidden, intermediate] matmul: the shape of the
-    model's feed-forward layer over a full batch. The best of a few runs after a warm-up."""
+def matmul_gflops(device: str, dtypes: list[torch.dtype], hidden: int,
+                  intermediate: int) -> list[float]:
+    """GFLOP/s of a [PROBE_TOKENS, hidden] x [hidden, intermediate] matmul (the shape of the
+    model's feed-forward layer over a full batch) in each dtype: the best of runs that take
+    turns, dtype after dtype, so a slowdown from other work on the machine lands on every
+    candidate alike instead of on whichever happened to be timed then."""
     generator = torch.Generator().manual_seed(0)
-    a = torch.randn(PROBE_TOKENS, hidden, generator=generator).to(device, dtype)
-    b = torch.randn(hidden, intermediate, generator=generator).to(device, dtype)
+    a = torch.randn(PROBE_TOKENS, hidden, generator=generator)
+    b = torch.randn(hidden, intermediate, generator=generator)
+    operands = [(a.to(device, dt), b.to(device, dt)) for dt in dtypes]
     flops = 2.0 * PROBE_TOKENS * hidden * intermediate
-    best = float("inf")
+    best = [float("inf")] * len(dtypes)
     with torch.inference_mode():
-        torch.matmul(a, b)  # warm-up: kernel selection, first-touch allocation
+        for x, y in operands:
+            torch.matmul(x, y)  # warm-up: kernel selection, first-touch allocation
         stop = time.perf_counter() + PROBE_SECONDS
-        runs = 0
-        while runs < 3 or (time.perf_counter() < stop and runs < 50):
-            t0 = time.perf_counter()
-            torch.matmul(a, b)
-            best = min(best, time.perf_counter() - t0)
-            runs += 1
-    return flops / best / 1e9
+        rounds = 0
+        while rounds < 3 or (time.perf_counter() < stop and rounds < 50):
+            for i, (x, y) in enumerate(operands):
+                t0 = time.perf_counter()
+                torch.matmul(x, y)
+                best[i] = min(best[i], time.perf_counter() - t0)
+            rounds += 1
+    return [flops / t / 1e9 for t in best]
 
 
 def probe_cpu_dtype(config: dict[str, Any]) -> tuple[str, dict[str, float]]:
@@ -136,10 +142,9 @@ def probe_cpu_dtype(config: dict[str, Any]) -> tuple[str, dict[str, float]]:
     its speed on a Zen 4)."""
     hidden = int(config.get("hidden_size", 768))
     intermediate = int(config.get("intermediate_size", 4 * hidden))
-    figures = {
-        name: round(matmul_gflops("cpu", _DTYPES[name], hidden, intermediate), 1)
-        for name in ("float32", "bfloat16")
-    }
+    names = ["float32", "bfloat16"]
+    rates = matmul_gflops("cpu", [_DTYPES[n] for n in names], hidden, intermediate)
+    figures = {name: round(rate, 1) for name, rate in zip(names, rates, strict=True)}
     return max(figures, key=figures.__getitem__), figures
 
 
