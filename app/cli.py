@@ -25,9 +25,9 @@ _SERVE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--device", "device", {}),
     ("--dtype", "dtype", {"choices": ["auto", "float32", "bfloat16", "float16"]}),
     ("--backend", "backend", {"choices": ["auto", "native", "transformers"]}),
-    ("--scoring", "scoring", {"choices": ["auto", "classifier", "qwen3-reranker",
-                                          "mxbai-rerank-v2", "bge-reranker-gemma"]}),
-    ("--default-instruction", "default_instruction", {}),
+    ("--scoring", "scoring", {"action": "append", "choices": [
+        "auto", "classifier", "qwen3-reranker", "mxbai-rerank-v2", "bge-reranker-gemma"]}),
+    ("--default-instruction", "default_instruction", {"action": "append"}),
     ("--max-batch-tokens", "max_batch_tokens", {"type": int}),
     ("--max-wait-ms", "max_wait_ms", {"type": float}),
     ("--max-queue", "max_queue", {"type": int}),

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -13,6 +14,7 @@ from app.allocator import Allocator
 DEFAULT_MODEL = "jinaai/jina-reranker-v2-base-multilingual"
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Scoring = Literal["auto", "classifier", "qwen3-reranker", "mxbai-rerank-v2", "bge-reranker-gemma"]
 Backend = Literal["auto", "native", "transformers"]
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+(,cuda:\d+)*)$")
@@ -59,18 +61,18 @@ class Settings(BaseSettings):
         description="native (packed batches, both checkpoint namings; auto picks it) or"
         " transformers (stock AutoModelForSequenceClassification, padded).",
     )
-    scoring: Literal[
-        "auto", "classifier", "qwen3-reranker", "mxbai-rerank-v2", "bge-reranker-gemma"
-    ] = Field(
-        "auto",
-        description="How the model scores: classifier (a cross-encoder's head) or a decoder"
-        " reranker's recipe. auto: classifier, or for a causal LM the recipe its architecture"
-        " and model name call for (Qwen3-Reranker, mxbai-rerank, bge-reranker-v2-gemma).",
+    scoring: Annotated[list[Scoring], NoDecode] = Field(
+        default_factory=list,
+        description="How each model scores, by position: auto, classifier (a cross-encoder's"
+        " head) or a decoder reranker's recipe (qwen3-reranker, mxbai-rerank-v2,"
+        " bge-reranker-gemma). auto: classifier, or for a causal LM the recipe its"
+        " architecture and model name call for. Repeatable; env: comma separated.",
     )
-    default_instruction: str | None = Field(
-        None,
-        description="Instruction of requests that send none, for recipes that take one"
-        " (default: the recipe's own).",
+    default_instruction: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Instruction of requests that send none, for each decoder model by"
+        " position (default: the recipe's own). Repeatable; env: one instruction, or a JSON"
+        " list of them.",
     )
     max_batch_tokens: int | None = Field(
         None, ge=1,
@@ -130,7 +132,14 @@ class Settings(BaseSettings):
         "text", description="text, or json: one JSON object per line, for log shippers."
     )
 
-    @field_validator("model", "served_model_name", "alias", mode="before")
+    @field_validator("default_instruction", mode="before")
+    @classmethod
+    def _instructions(cls, value: object) -> object:
+        if isinstance(value, str):
+            return json.loads(value) if value.lstrip().startswith("[") else [value]
+        return [] if value is None else value
+
+    @field_validator("model", "served_model_name", "alias", "scoring", mode="before")
     @classmethod
     def _split_names(cls, value: object) -> object:
         if isinstance(value, str):
@@ -143,9 +152,11 @@ class Settings(BaseSettings):
     def _check_names(self) -> Settings:
         if not self.model:
             raise ValueError("model: give at least one model")
-        if len(self.served_model_name) > len(self.model):
-            raise ValueError(f"served_model_name: {len(self.served_model_name)} names for"
-                             f" {len(self.model)} models")
+        for field in ("served_model_name", "scoring", "default_instruction"):
+            given = len(getattr(self, field))
+            if given > len(self.model):
+                raise ValueError(f"{field}: {given} values for {len(self.model)} models (one"
+                                 " per --model, by position)")
         names = self.served_names
         if len(set(names)) != len(names):
             raise ValueError(f"served_model_name: two models would be served as the same name"
@@ -190,9 +201,14 @@ class Settings(BaseSettings):
         return 0 if name is None else self._find(name, aliases=True)
 
     def _find(self, name: str, *, aliases: bool) -> int | None:
-        for i, served in enumerate(self.served_names):
-            if name in (served, served.rsplit("/", 1)[-1]):
-                return i
+        """A served name first, then a last path part that only one model has, then (with
+        `aliases`) an alias."""
+        names = self.served_names
+        if name in names:
+            return names.index(name)
+        parts = [i for i, served in enumerate(names) if served.rsplit("/", 1)[-1] == name]
+        if len(parts) == 1:
+            return parts[0]
         if aliases:
             for entry in self.alias:
                 alias, _, target = entry.partition("=")
@@ -202,5 +218,10 @@ class Settings(BaseSettings):
 
     def for_model(self, index: int) -> Settings:
         """These settings for one of the models alone (what a Loader gets)."""
-        return self.model_copy(update={"model": [self.model[index]],
-                                       "served_model_name": [self.served_names[index]]})
+        def at(values: list[Any]) -> list[Any]:
+            return values[index:index + 1]
+
+        return self.model_copy(update={
+            "model": [self.model[index]], "served_model_name": [self.served_names[index]],
+            "scoring": at(self.scoring), "default_instruction": at(self.default_instruction),
+        })

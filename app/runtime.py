@@ -51,8 +51,10 @@ def batch_token_budget(settings: Settings, devices: list[str]) -> int:
 def default_loader(settings: Settings) -> LoadedModel:
     return load_model(
         settings.model[0], device=settings.device, dtype=settings.dtype,
-        backend=settings.backend, cache_dir=settings.hf_cache_dir, scoring=settings.scoring,
-        default_instruction=settings.default_instruction,
+        backend=settings.backend, cache_dir=settings.hf_cache_dir,
+        scoring=settings.scoring[0] if settings.scoring else "auto",
+        default_instruction=settings.default_instruction[0] if settings.default_instruction
+        else None,
     )
 
 
@@ -194,6 +196,7 @@ class Runtime:
                     )
         metrics = self.metrics.for_model(name)
         asked = batch_token_budget(self.settings, loaded.devices)
+        release_cached_memory()  # what the models warmed up before this one left cached
         try:
             budget, timings = await asyncio.to_thread(self._warm_up, loaded, asked)
         except Exception as exc:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.batching.scheduler import Scheduler
-from app.engine.tokenize import EncodedRequest, Encoder
+from app.engine.tokenize import EncodedRequest, Encoder, Pair
 from app.engine.windows import prompt_scored_tokens
 from app.errors import InvalidRequest, RequestTooLarge
 from app.metrics import ModelMetrics
@@ -124,6 +124,58 @@ class RerankService:
         The request is admitted (or refused with 429/413) on its estimated tokens before any
         tokenizing: see Scheduler.admit.
         """
+        first_seen: dict[str, int] = {}
+        slot = np.fromiter(
+            (first_seen.setdefault(text, len(first_seen)) for text in documents),
+            dtype=np.int64, count=len(documents),
+        )
+        unique = list(first_seen)
+        doc_logits, stats = await self._score([(query, unique, list(range(len(unique))))],
+                                              len(unique), truncation, timeout_s, instruction)
+        doc_logits = doc_logits[slot]
+        scores = sigmoid32(doc_logits)
+        order = np.lexsort((np.arange(len(documents)), -scores))
+        if top_n is not None:
+            order = order[:top_n]
+        results = [
+            RankedDocument(int(i), float(scores[i]), float(doc_logits[i])) for i in order
+        ]
+        self._metrics.documents_scored.inc(len(documents))
+        return RerankOutcome(results, *stats)
+
+    async def rerank_each(
+        self,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        truncation: Truncation | None = None,
+        timeout_s: float = math.inf,
+        instruction: str | None = None,
+    ) -> RerankOutcome:
+        """Each document scored against its own query (vLLM's N:N scoring); results in input
+        order. One request for admission and the queue, however many distinct queries."""
+        groups: dict[str, list[int]] = {}
+        for i, query in enumerate(queries):
+            groups.setdefault(query, []).append(i)
+        work = [(query, [documents[i] for i in idx], idx) for query, idx in groups.items()]
+        doc_logits, stats = await self._score(work, len(documents), truncation, timeout_s,
+                                              instruction)
+        scores = sigmoid32(doc_logits)
+        results = [RankedDocument(i, float(scores[i]), float(doc_logits[i]))
+                   for i in range(len(documents))]
+        self._metrics.documents_scored.inc(len(documents))
+        return RerankOutcome(results, *stats)
+
+    async def _score(
+        self,
+        work: list[tuple[str, list[str], list[int]]],
+        n_docs: int,
+        truncation: Truncation | None,
+        timeout_s: float,
+        instruction: str | None,
+    ) -> tuple[np.ndarray, tuple[int, float, float, float]]:
+        """Best-window logit of each document of `work` ((query, documents, each document's
+        output slot) per query), admitted, tokenized and queued as one request; and the
+        outcome's (total tokens, tokenization, queue and inference seconds)."""
         if instruction is not None and not self.encoder.takes_instruction:
             raise InvalidRequest(
                 "instruction: the served model is a cross-encoder that reads only the query and"
@@ -131,20 +183,11 @@ class RerankService:
             )
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        first_seen: dict[str, int] = {}
-        slot = np.fromiter(
-            (first_seen.setdefault(text, len(first_seen)) for text in documents),
-            dtype=np.int64, count=len(documents),
-        )
         cut = truncation or Truncation()
-        unique = list(first_seen)
-        encode = functools.partial(
-            self.encoder.encode, query, unique, instruction=instruction,
-            max_doc_tokens=cut.max_doc_tokens, keep_tail=cut.keep_tail,
-            max_windows=cut.max_windows,
-        )
-        chars = len(query) + sum(map(len, unique))
-        estimate = self.estimate_tokens(query, unique, cut, instruction)
+        chars = sum(len(query) + sum(map(len, docs)) for query, docs, _ in work)
+        estimate = sum(self.estimate_tokens(query, docs, cut, instruction)
+                       for query, docs, _ in work)
+        encode = functools.partial(self._encode, work, cut, instruction)
         job = self.scheduler.admit(estimate, timeout_s)
         try:
             lane = self._bulk_lane if chars > BULK_CHARS else self._lane
@@ -166,62 +209,24 @@ class RerankService:
         except asyncio.CancelledError:
             job.abandon()
             raise
-
-        unique_logits = _max_per_document(logits, [p.doc for p in encoded.pairs], len(first_seen))
-        doc_logits = unique_logits[slot]
-        scores = sigmoid32(doc_logits)
-        order = np.lexsort((np.arange(len(documents)), -scores))
-        if top_n is not None:
-            order = order[:top_n]
-        results = [
-            RankedDocument(int(i), float(scores[i]), float(doc_logits[i])) for i in order
-        ]
-        self._metrics.documents_scored.inc(len(documents))
         self._metrics.tokens_scored.inc(encoded.total_tokens)
-        return RerankOutcome(
-            results, encoded.total_tokens, tokenization_s, job.queue_s, job.inference_s
-        )
+        doc_logits = _max_per_document(logits, [p.doc for p in encoded.pairs], n_docs)
+        return doc_logits, (encoded.total_tokens, tokenization_s, job.queue_s, job.inference_s)
 
-    async def rerank_each(
-        self,
-        queries: Sequence[str],
-        documents: Sequence[str],
-        truncation: Truncation | None = None,
-        timeout_s: float = math.inf,
-        instruction: str | None = None,
-    ) -> RerankOutcome:
-        """Each document scored against its own query (vLLM's N:N scoring); results in input
-        order. The documents of one query are ranked in one call, the calls side by side; if
-        one fails, the others are cancelled."""
-        groups: dict[str, list[int]] = {}
-        for i, query in enumerate(queries):
-            groups.setdefault(query, []).append(i)
-        calls = [
-            asyncio.ensure_future(
-                self.rerank(query, [documents[i] for i in idx], None, truncation, timeout_s,
-                            instruction)
+    def _encode(self, work: list[tuple[str, list[str], list[int]]], cut: Truncation,
+                instruction: str | None) -> EncodedRequest:
+        """Every query's pairs, their `doc` mapped to the document's output slot."""
+        pairs: list[Pair] = []
+        total = inputs = 0
+        for query, docs, slots in work:
+            encoded = self.encoder.encode(
+                query, docs, instruction=instruction, max_doc_tokens=cut.max_doc_tokens,
+                keep_tail=cut.keep_tail, max_windows=cut.max_windows,
             )
-            for query, idx in groups.items()
-        ]
-        try:
-            outcomes = await asyncio.gather(*calls)
-        except BaseException:
-            for call in calls:
-                call.cancel()
-            await asyncio.gather(*calls, return_exceptions=True)
-            raise
-        results = sorted(
-            (RankedDocument(idx[r.index], r.score, r.logit)
-             for idx, outcome in zip(groups.values(), outcomes, strict=True)
-             for r in outcome.results),
-            key=lambda r: r.index,
-        )
-        return RerankOutcome(
-            results, sum(o.total_tokens for o in outcomes),
-            max((o.tokenization_s for o in outcomes), default=0.0),
-            max((o.queue_s for o in outcomes), default=0.0),
-            max((o.inference_s for o in outcomes), default=0.0),
-        )
+            pairs += [Pair(p.ids, p.split, slots[p.doc]) for p in encoded.pairs]
+            total += encoded.total_tokens
+            inputs += encoded.input_tokens
+        return EncodedRequest(pairs, total, inputs)
 
     def estimate_tokens(self, query: str, documents: Sequence[str], cut: Truncation,
                         instruction: str | None = None) -> int:
@@ -241,8 +246,9 @@ class RerankService:
 
 
 def _max_per_document(logits: np.ndarray, doc_of_pair: list[int], n_docs: int) -> np.ndarray:
-    """Windows of one document are contiguous and in document order: max-pool each run."""
-    if n_docs == 0:
-        return np.empty(0, dtype=np.float32)
-    starts = np.flatnonzero(np.diff(np.asarray(doc_of_pair), prepend=-1))
-    return np.maximum.reduceat(logits, starts).astype(np.float32, copy=False)
+    """Each document's best window (a document's windows are contiguous; documents may come
+    in any order)."""
+    best = np.full(n_docs, -np.inf, dtype=np.float32)
+    if doc_of_pair:
+        np.maximum.at(best, np.asarray(doc_of_pair), logits.astype(np.float32, copy=False))
+    return best

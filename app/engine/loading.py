@@ -267,15 +267,21 @@ def load_tokenizer(model_dir: Path) -> Any:
 def native_replicas(
     model_dir: Path, build: Callable[[], nn.Module],
     tensors: Callable[[], dict[str, torch.Tensor]], devices: list[str], dtype: str,
+    *, extra_ok: bool = True,
 ) -> list[nn.Module]:
     """One replica of a native model per device: the checkpoint read once, renamed by
-    `tensors`, checked complete against `build()`'s parameters, then assigned without a
-    random initialisation (built on the meta device)."""
+    `tensors`, checked complete against `build()`'s parameters (and, without `extra_ok`,
+    checked to hold nothing the module would drop: a bias the config does not announce),
+    then assigned without a random initialisation (built on the meta device)."""
     try:
         native = tensors()
         with torch.device("meta"):
             expected = {k: v.shape for k, v in build().state_dict().items()}
         check_complete(native, expected)
+        unexpected = sorted(native.keys() - expected.keys())
+        if unexpected and not extra_ok:
+            raise ValueError(f"checkpoint has {len(unexpected)} tensor(s) the config does not"
+                             f" describe: {', '.join(unexpected[:6])}")
     except (ValueError, KeyError, OSError) as exc:
         raise ModelUnavailable(f"{model_dir}: cannot load the checkpoint: {exc}") from exc
     replicas: list[nn.Module] = []
@@ -461,7 +467,7 @@ def load_native_decoder(
         raise ModelUnavailable(f"{model_dir}: cannot load the checkpoint: {exc}") from exc
     nets = native_replicas(model_dir, lambda: DecoderReranker(cfg, len(rows)),
                            lambda: to_decoder_native(read_state_dict(model_dir), cfg, rows),
-                           devices, dtype)
+                           devices, dtype, extra_ok=False)
     scorers: list[NativeScorer] = []
     for net, dev in zip(nets, devices, strict=True):
         check = functools.partial(causal_self_check, dev, _DTYPES[dtype], cfg.num_heads,

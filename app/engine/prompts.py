@@ -32,6 +32,9 @@ class PromptEncoder:
         self.recipe = recipe
         self.max_length = max_length
         self.max_query_length = min(512, max_length // 2)
+        self.min_window = min(256, max_length // 4)
+        """Fewest document tokens a window may hold: an instruction that leaves less would
+        cut a long document into a great many windows; it is refused (413) instead."""
         self.default_instruction = default_instruction or recipe.default_instruction
         self._bos = tokenizer.bos_token_id
         self.positive_id = _token_id(tokenizer, recipe.positive, recipe.token_lookup)
@@ -95,12 +98,15 @@ class PromptEncoder:
             inputs += len(doc_ids)
             prompt = len(head) + len(lead_ids) + len(tail)
             budget = self.max_length - prompt
-            if budget < 1:
+            if budget < self.min_window:
                 raise RequestTooLarge(
                     f"the prompt around the document (template, instruction and query) takes"
-                    f" {prompt} tokens of the model's {self.max_length}: shorten the"
+                    f" {prompt} of the model's {self.max_length} tokens, leaving {budget} for"
+                    f" the document (at least {self.min_window} needed): shorten the"
                     " instruction or the query"
                 )
+            if doc == 0:  # the query and instruction once, as a cross-encoder counts them
+                inputs += len(lead_ids)
             before = np.asarray([*head, *lead_ids], dtype=np.int32)
             after = np.asarray(tail, dtype=np.int32)
             for start, end in client_windows(len(doc_ids), budget, max_windows, keep_tail):

@@ -131,13 +131,20 @@ def detect_scoring(config: dict[str, Any], names: list[str], asked: str = "auto"
     """The recipe for a model: `asked` unless `auto`; else, for a causal LM, the recipe whose
     architecture it has and whose name hint its model id or directory name carries
     (case-insensitive); `classifier` for everything else."""
+    architectures = set(config.get("architectures") or [])
     if asked != "auto":
         if asked not in SCORINGS:
             raise UnknownScoring(f"--scoring {asked!r}: choose one of {', '.join(SCORINGS)}")
+        if (asked == "classifier") == is_causal_lm(config):
+            kind = "a causal LM" if asked == "classifier" else "not a causal LM"
+            raise UnknownScoring(
+                f"--scoring {asked} does not fit this model: {'/'.join(sorted(architectures))}"
+                f" is {kind} (classifier is for cross-encoders, the recipes for decoder"
+                " rerankers)"
+            )
         return asked
     if not is_causal_lm(config):
         return "classifier"
-    architectures = set(config.get("architectures") or [])
     lowered = " ".join(names).lower()
     for recipe in RECIPES.values():
         if architectures & set(recipe.architectures) and recipe.name_hint in lowered:

@@ -106,7 +106,7 @@ def test_timing_headers(client: httpx.Client) -> None:
          "documents.0"),
         (b'{"query": "q", "documents": [{"text": 5}]}',
          {"content-type": "application/json"}, 422, "'text'"),
-        (b'{"query": "q", "documents": ["a"], "top_n": 0}',
+        (b'{"query": "q", "documents": ["a"], "top_n": -1}',
          {"content-type": "application/json"}, 422, "top_n"),
         (b'{"query": null, "documents": ["a"]}', {"content-type": "application/json"}, 422,
          "query"),

@@ -56,7 +56,7 @@ CASES: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
     ("object-text-null", "POST", body(documents=[{"text": None}]), J, 422, "'text'"),
     ("object-nested-too-deep", "POST",
      body(documents=[{"text": "a", "x": json.loads("[" * 40 + "]" * 40)}]), J, 422, "deeper"),
-    ("top-n-zero", "POST", body(top_n=0), J, 422, "top_n"),
+    ("top-n-negative", "POST", body(top_n=-1), J, 422, "top_n"),
     ("top-n-negative", "POST", body(top_n=-3), J, 422, "top_n"),
     ("top-n-fraction", "POST", body(top_n=2.5), J, 422, "top_n"),
     ("top-n-word", "POST", body(top_n="two"), J, 422, "top_n"),

@@ -308,7 +308,7 @@ def test_rerank_with_documents_answers_like_vllm_and_infinity(
                                            "return_documents": True, "raw_scores": True}).json()
         bare = c.post("/rerank", json={"query": QUERY, "documents": DOCS,
                                        "return_documents": False}).json()
-        error = c.post("/rerank", json={"query": QUERY, "documents": DOCS, "top_n": 0})
+        error = c.post("/rerank", json={"query": QUERY, "documents": DOCS, "top_n": -1})
     for body in (vllm, infinity, bare):
         assert body["object"] == "rerank" and isinstance(body["created"], int)
         assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] > 0
@@ -388,3 +388,21 @@ def test_every_dialect_is_documented_with_examples(server: LiveServer) -> None:
             for example in content["examples"].values():  # each example works as it is
                 r = c.post(path, json=example["value"])
                 assert r.status_code == 200, (path, r.text)
+
+
+def test_many_pairs_are_one_request_for_admission(
+    server_factory: ServerFactory, xlmr_dir: str
+) -> None:
+    """N:N scoring with many distinct queries is admitted as one request: on an idle server
+    with a tight queue-time limit it is answered, as the same pairs sent 1:N are."""
+    server = server_factory(xlmr_dir, max_queue_time_s=0.02)
+    texts = [f"{DOCS[i % len(DOCS)]} ({i})" for i in range(300)]
+    queries = [f"{QUERY} {i}" for i in range(300)]
+    with server.client() as c:
+        one = c.post("/v1/score", json={"text_1": QUERY, "text_2": texts})
+        many = c.post("/v1/score", json={"text_1": queries, "text_2": texts})
+        zero = c.post("/rerank", json={"query": QUERY, "documents": DOCS, "top_n": 0})
+    assert one.status_code == 200, one.text
+    assert many.status_code == 200, many.text
+    assert [d["index"] for d in many.json()["data"]] == list(range(300))
+    assert len(zero.json()["results"]) == len(DOCS)  # vLLM's top_n 0: every result

@@ -73,17 +73,38 @@ def test_several_models_with_names_and_aliases(monkeypatch: pytest.MonkeyPatch) 
     assert [s.model_index(n) for n in ("jina", "jina-reranker-v1-base-en", None)] == [0, 0, 0]
     assert [s.model_index(n) for n in ("Qwen3-Reranker-0.6B", "qwen")] == [1, 1]
     assert s.for_model(1).model == ["Qwen/Qwen3-Reranker-0.6B"]
+    per_model = Settings(model=["/a", "/b"], scoring="auto,qwen3-reranker",
+                         default_instruction=["x, with a comma"])
+    assert per_model.for_model(1).scoring == ["qwen3-reranker"]
+    assert per_model.for_model(0).default_instruction == ["x, with a comma"]
+    assert per_model.for_model(1).default_instruction == []
+    monkeypatch.setenv("RERANKER_DEFAULT_INSTRUCTION", '["one", "two, three"]')
+    assert Settings(model=["/a", "/b"]).default_instruction == ["one", "two, three"]
+    monkeypatch.setenv("RERANKER_DEFAULT_INSTRUCTION", "Judge, briefly")
+    assert Settings().default_instruction == ["Judge, briefly"]
+    monkeypatch.delenv("RERANKER_DEFAULT_INSTRUCTION")
     monkeypatch.setenv("RERANKER_MODEL", "/a, /b")
     monkeypatch.setenv("RERANKER_SERVED_MODEL_NAME", "a,b")
     assert Settings().served_names == ["a", "b"]
 
 
+def test_a_name_reaches_the_model_it_names_exactly() -> None:
+    s = Settings(model=["/a", "/b", "/c"], served_model_name=["org/bge", "bge", "x/rr"],
+                 alias=["r=bge"])
+    assert s.model_index("bge") == 1 and s.model_index("r") == 1  # exact beats a last part
+    assert s.model_index("org/bge") == 0 and s.model_index("rr") == 2
+    twins = Settings(model=["/a", "/b"], served_model_name=["a/bge", "b/bge"])
+    assert twins.model_index("bge") is None  # ambiguous: a 404 listing the names
+    assert twins.model_index("b/bge") == 1
+
+
 @pytest.mark.parametrize(("kwargs", "words"), [
     (dict(model=["/a", "/b"], served_model_name=["x", "x"]), "same name"),
-    (dict(model=["/a"], served_model_name=["x", "y"]), "2 names for 1 models"),
+    (dict(model=["/a"], served_model_name=["x", "y"]), "2 values for 1 models"),
     (dict(model=["/a"], alias=["nonsense"]), "ALIAS=NAME"),
     (dict(model=["/a"], alias=["v1=nobody"]), "names no served model"),
     (dict(model=[]), "at least one model"),
+    (dict(model=["/a"], scoring=["auto", "classifier"]), "scoring: 2 values for 1 models"),
 ])
 def test_bad_model_lists_are_refused(kwargs: dict[str, object], words: str) -> None:
     with pytest.raises(ValidationError, match=words):

@@ -46,3 +46,12 @@ def test_the_flag_wins() -> None:
                           "classifier") == "classifier"
     with pytest.raises(UnknownScoring, match="choose one of"):
         detect_scoring(_config("Qwen3ForCausalLM"), ["x"], "yes-no")
+
+
+@pytest.mark.parametrize(("arch", "asked"), [
+    ("XLMRobertaForSequenceClassification", "qwen3-reranker"),  # a recipe on a cross-encoder
+    ("Qwen3ForCausalLM", "classifier"),  # a head the causal LM does not have
+])
+def test_a_flag_that_does_not_fit_the_model_is_refused(arch: str, asked: str) -> None:
+    with pytest.raises(UnknownScoring, match="does not fit this model"):
+        detect_scoring(_config(arch), ["Qwen3-Reranker"], asked)

@@ -62,9 +62,12 @@ class Routed(Instructed):
     )
 
 
-def top_n_field() -> Any:
-    return Field(None, ge=1, validation_alias=AliasChoices("top_n", "top_k"),
-                 description="Return at most this many results (`top_k` is read the same).")
+def top_n_field(name: str = "top_n", alias: str = "top_k") -> Any:
+    """At most this many results; both names are read (Voyage and Mixedbread say `top_k`).
+    0 means all of them, as in vLLM, whose clients send it by default."""
+    return Field(None, ge=0, validation_alias=AliasChoices(name, alias),
+                 description=f"Return at most this many results (`{alias}` is read the same;"
+                 " 0 or absent: all).")
 
 
 class Dialect(ABC, Generic[B]):

@@ -29,7 +29,7 @@ class MixedbreadRequest(Routed):
         None, description="For object inputs, the top-level fields ranked on (as `field: value`"
         " lines); default: `text`, or the whole object as sorted JSON."
     )
-    top_k: int | None = top_n_field()
+    top_k: int | None = top_n_field("top_k", "top_n")
     return_input: bool = Field(False, description="Echo each input in its result.")
 
 
