@@ -216,13 +216,16 @@ class RerankService:
     def _encode(self, work: list[tuple[str, list[str], list[int]]], cut: Truncation,
                 instruction: str | None) -> EncodedRequest:
         """Every query's pairs, their `doc` mapped to the document's output slot."""
+        encode = functools.partial(
+            self.encoder.encode, instruction=instruction, max_doc_tokens=cut.max_doc_tokens,
+            keep_tail=cut.keep_tail, max_windows=cut.max_windows,
+        )
+        if len(work) == 1 and work[0][2] == list(range(len(work[0][1]))):  # one query, in order
+            return encode(work[0][0], work[0][1])
         pairs: list[Pair] = []
         total = inputs = 0
         for query, docs, slots in work:
-            encoded = self.encoder.encode(
-                query, docs, instruction=instruction, max_doc_tokens=cut.max_doc_tokens,
-                keep_tail=cut.keep_tail, max_windows=cut.max_windows,
-            )
+            encoded = encode(query, docs)
             pairs += [Pair(p.ids, p.split, slots[p.doc]) for p in encoded.pairs]
             total += encoded.total_tokens
             inputs += encoded.input_tokens
