@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
 from typing import Any, Union
 
 from fastapi import APIRouter, Request
@@ -36,8 +35,6 @@ def handler(dialects: Sequence[Dialect[Any]]) -> Callable[[Request], Awaitable[R
         dialect = pick(dialects, data)
         body = validate(data, dialect.request)
         call = dialect.decode(body)
-        if call.top_n == 0:  # vLLM's default: every result
-            call = replace(call, top_n=None)
         model, outcome = await score(request, call)
         if outcome is None:
             return disconnected_response()

@@ -8,9 +8,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field
 
 from app.service import RerankOutcome, Truncation
 
@@ -60,6 +60,14 @@ class Routed(Instructed):
     model: str | None = Field(
         None, description="Must name the served model (or its last path part) when given."
     )
+
+
+def _zero_is_all(value: int | None) -> int | None:
+    return value or None
+
+
+TopN = Annotated[int | None, AfterValidator(_zero_is_all)]
+"""A result count: 0, vLLM clients' default, reads as absent (every result)."""
 
 
 def top_n_field(name: str = "top_n", alias: str = "top_k") -> Any:

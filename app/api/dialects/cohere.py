@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.dialects.base import Dialect, Reply, RerankCall, Routed, top_n_field
+from app.api.dialects.base import Dialect, Reply, RerankCall, Routed, TopN, top_n_field
 from app.api.dialects.jina import ApiVersion, BilledUnits, search_units
 from app.api.documents import Document, rank_text
 from app.service import RerankOutcome, Truncation
@@ -31,7 +31,7 @@ class CohereV2Request(Routed):
     documents: list[Document] = Field(
         description="Texts (objects are ranked on `text`, or on their sorted-JSON form)."
     )
-    top_n: int | None = top_n_field()
+    top_n: TopN = top_n_field()
     max_tokens_per_doc: int | None = Field(
         None, ge=1,
         description="Cut each document to this many tokens first (Cohere's rule); default:"

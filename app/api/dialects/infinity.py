@@ -6,7 +6,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.dialects.base import Dialect, Reply, RerankCall, Routed, top_n_field, usage_tokens
+from app.api.dialects.base import (
+    Dialect,
+    Reply,
+    RerankCall,
+    Routed,
+    TopN,
+    top_n_field,
+    usage_tokens,
+)
 from app.api.dialects.tei import tei_error_body
 from app.api.documents import Document, rank_text
 from app.service import RankedDocument, RerankOutcome
@@ -28,7 +36,7 @@ class InfinityRerankRequest(Routed):
         description="Strings, or objects with `text` (vLLM); objects without one are ranked"
         " on their sorted-JSON form."
     )
-    top_n: int | None = top_n_field()
+    top_n: TopN = top_n_field()
     return_documents: bool | None = Field(
         None,
         description="Infinity: true puts each document in its result as a plain string, false"

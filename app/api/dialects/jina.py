@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.dialects.base import Dialect, Reply, RerankCall, Routed, top_n_field
+from app.api.dialects.base import Dialect, Reply, RerankCall, Routed, TopN, top_n_field
 from app.api.documents import Document, rank_text
 from app.service import RerankOutcome, Truncation
 
@@ -43,7 +43,7 @@ class RerankRequest(Routed):
         description="Strings, or objects: ranked on `text` (or `rank_fields`, or the whole"
         " object as sorted JSON); every field is echoed back."
     )
-    top_n: int | None = top_n_field()
+    top_n: TopN = top_n_field()
     return_documents: bool = Field(True, description="Echo each document in the results.")
     rank_fields: list[str] | None = Field(
         None,

@@ -6,7 +6,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.dialects.base import Dialect, Reply, RerankCall, Routed, top_n_field, usage_tokens
+from app.api.dialects.base import (
+    Dialect,
+    Reply,
+    RerankCall,
+    Routed,
+    TopN,
+    top_n_field,
+    usage_tokens,
+)
 from app.api.documents import Document, rank_text
 from app.service import RerankOutcome
 
@@ -29,7 +37,7 @@ class MixedbreadRequest(Routed):
         None, description="For object inputs, the top-level fields ranked on (as `field: value`"
         " lines); default: `text`, or the whole object as sorted JSON."
     )
-    top_k: int | None = top_n_field("top_k", "top_n")
+    top_k: TopN = top_n_field("top_k", "top_n")
     return_input: bool = Field(False, description="Echo each input in its result.")
 
 
