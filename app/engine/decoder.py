@@ -3,9 +3,10 @@
 Like the cross-encoder (app/engine/modeling.py), a batch is one flat `[tokens, hidden]` tensor:
 RMSNorm, the projections and SwiGLU touch real tokens only; rotary positions restart at 0 for
 each sequence; attention is causal within each sequence, with grouped-query heads. Only the
-last position of each sequence goes through the final norm and the LM head, and only the rows
-of the recipe's scoring tokens: `logit = row(positive) - row(negative)` (or the positive row
-alone), whose sigmoid is the score (app/engine/recipes.py).
+last position of each sequence goes through the last layer's query, attention output and MLP,
+the final norm and the LM head, and only the rows of the recipe's scoring tokens:
+`logit = row(positive) - row(negative)` (or the positive row alone), whose sigmoid is the score
+(app/engine/recipes.py).
 
 The arithmetic follows transformers' Qwen2/Qwen3 modules op for op (RMSNorm statistics in
 float32, rotary angles in float32 then cast), so float32 scores match them within 1e-5.
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.engine.modeling import AttentionPath, PackedBatch
+from app.engine.modeling import AttentionPath, PackedBatch, one_query_attention
 
 DecoderFamily = Literal["qwen2", "qwen3"]
 DECODER_FAMILIES: dict[str, DecoderFamily] = {"qwen2": "qwen2", "qwen3": "qwen3"}
@@ -119,17 +120,31 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 batch: PackedBatch, path: AttentionPath) -> torch.Tensor:
-        tokens = x.shape[0]
-        q = self.q_proj(x).view(tokens, self.heads, self.head_dim)
-        k = self.k_proj(x).view(tokens, self.kv_heads, self.head_dim)
-        v = self.v_proj(x).view(tokens, self.kv_heads, self.head_dim)
+        q, k, v = self._project(x, x, rope, rope)
+        out = causal_attention(q, k, v, batch, path)
+        projected: torch.Tensor = self.o_proj(out.reshape(x.shape[0], -1))
+        return projected
+
+    def forward_rows(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                     batch: PackedBatch, rows: torch.Tensor) -> torch.Tensor:
+        """Attention output at each sequence's last token only (`rows`), which sees every
+        token of its sequence: keys and values for all, the query for those rows."""
+        cos, sin = rope
+        q, k, v = self._project(x[rows], x, (cos[rows], sin[rows]), rope)
+        out = one_query_attention(q, k, v, batch, scale=self.head_dim ** -0.5)
+        projected: torch.Tensor = self.o_proj(out.reshape(len(rows), -1))
+        return projected
+
+    def _project(self, x_q: torch.Tensor, x: torch.Tensor,
+                 rope_q: tuple[torch.Tensor, torch.Tensor],
+                 rope: tuple[torch.Tensor, torch.Tensor],
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q = self.q_proj(x_q).view(x_q.shape[0], self.heads, self.head_dim)
+        k = self.k_proj(x).view(x.shape[0], self.kv_heads, self.head_dim)
+        v = self.v_proj(x).view(x.shape[0], self.kv_heads, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        cos, sin = rope
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        out = causal_attention(q, k, v, batch, path)
-        projected: torch.Tensor = self.o_proj(out.reshape(tokens, -1))
-        return projected
+        return _rotate(q, *rope_q), _rotate(k, *rope), v
 
 
 class Layer(nn.Module):
@@ -144,7 +159,15 @@ class Layer(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 batch: PackedBatch, path: AttentionPath) -> torch.Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), rope, batch, path)
+        return self._mlp(x + self.self_attn(self.input_layernorm(x), rope, batch, path))
+
+    def forward_rows(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                     batch: PackedBatch, rows: torch.Tensor) -> torch.Tensor:
+        """The layer's output at `rows` only (the last layer: one position per sequence)."""
+        attended = self.self_attn.forward_rows(self.input_layernorm(x), rope, batch, rows)
+        return self._mlp(x[rows] + attended)
+
+    def _mlp(self, h: torch.Tensor) -> torch.Tensor:
         y = self.post_attention_layernorm(h)
         out: torch.Tensor = h + self.down_proj(F.silu(self.gate_proj(y)) * self.up_proj(y))
         return out
@@ -166,9 +189,11 @@ class DecoderReranker(nn.Module):
         """One logit per sequence, float32: row 0 minus row 1 (or row 0 alone)."""
         x: torch.Tensor = self.embed_tokens(batch.input_ids)
         rope = rotary(batch.position_ids, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
-        for layer in self.layers:
+        *layers, final = self.layers
+        for layer in layers:
             x = layer(x, rope, batch, path)
-        last: torch.Tensor = self.norm(x[batch.cu_seqlens[1:].long() - 1])
+        rows = batch.cu_seqlens[1:].long() - 1
+        last: torch.Tensor = self.norm(final.forward_rows(x, rope, batch, rows))
         logits = (last @ self.score_rows.T).float()
         return logits[:, 0] - logits[:, 1] if logits.shape[1] == 2 else logits[:, 0]
 

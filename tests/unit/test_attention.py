@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from app.engine import native
-from app.engine.modeling import attention
+from app.engine.modeling import attention, one_query_attention
 from app.engine.native import attention_candidates, checked_attention, pack
 
 
@@ -31,6 +31,26 @@ def test_attention_paths_match_naive(lengths: list[int], path: str) -> None:
     qkv = torch.randn(sum(lengths), 3, 4, 16)
     got = attention(qkv, batch, path)  # type: ignore[arg-type]
     torch.testing.assert_close(got, naive(qkv, batch.spans), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("lengths", [[1], [5, 5, 5], [1, 2, 3, 64, 7], [128, 1, 33]])
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2)])
+@pytest.mark.parametrize("row", ["first", "last"])
+def test_one_query_attention_is_that_rows_full_attention(
+    lengths: list[int], heads: int, kv_heads: int, row: str,
+) -> None:
+    """The last layer's shortcut: a first (cross-encoder) or last (decoder, whose last row sees
+    every token) row's attention equals that row of the whole sequence's attention."""
+    torch.manual_seed(0)
+    batch = pack([[7] * n for n in lengths], [1] * len(lengths), position_offset=2,
+                 token_types=False, device=torch.device("cpu"))
+    q_all = torch.randn(sum(lengths), heads, 16)
+    k, v = torch.randn(2, sum(lengths), kv_heads, 16)
+    group = heads // kv_heads
+    qkv = torch.stack([q_all, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)], 1)
+    rows = [start if row == "first" else end - 1 for start, end in batch.spans]
+    got = one_query_attention(q_all[rows], k, v, batch)
+    torch.testing.assert_close(got, naive(qkv, batch.spans)[rows], atol=1e-5, rtol=1e-5)
 
 
 def test_pack_builds_positions_types_and_offsets() -> None:
