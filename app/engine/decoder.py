@@ -15,7 +15,7 @@ float32, rotary angles in float32 then cast), so float32 scores match them withi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -189,9 +189,9 @@ class DecoderReranker(nn.Module):
         """One logit per sequence, float32: row 0 minus row 1 (or row 0 alone)."""
         x: torch.Tensor = self.embed_tokens(batch.input_ids)
         rope = rotary(batch.position_ids, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
-        *layers, final = self.layers
-        for layer in layers:
+        for layer in self.layers[:-1]:
             x = layer(x, rope, batch, path)
+        final = cast(Layer, self.layers[-1])
         rows = batch.cu_seqlens[1:].long() - 1
         last: torch.Tensor = self.norm(final.forward_rows(x, rope, batch, rows))
         logits = (last @ self.score_rows.T).float()

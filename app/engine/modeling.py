@@ -14,7 +14,7 @@ token but its query, attention output and MLP for that token alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -176,9 +176,9 @@ class CrossEncoder(nn.Module):
     def forward(self, batch: PackedBatch, path: AttentionPath) -> torch.Tensor:
         """Raw logits, one per sequence, float32."""
         x: torch.Tensor = self.emb_ln(self.embeddings(batch))
-        *layers, last = self.layers
-        for layer in layers:
+        for layer in self.layers[:-1]:
             x = layer(x, batch, path)
+        last = cast(Layer, self.layers[-1])
         logits: torch.Tensor = self.head(last.forward_first_tokens(x, batch))
         return logits[:, 0].float()
 
