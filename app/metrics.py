@@ -108,12 +108,13 @@ class Metrics:
             ["model"], registry=r,
         )
         self.worker_restarts = Counter(
-            "reranker_worker_restarts", "Device worker threads restarted after dying.", registry=r
+            "reranker_worker_restarts", "Device worker threads restarted after dying.",
+            ["model"], registry=r,
         )
         self.devices_out_of_service = Counter(
             "reranker_devices_out_of_service",
             "Devices taken out of service after an error that breaks them (a sticky CUDA error).",
-            registry=r,
+            ["model"], registry=r,
         )
         self.queue_capacity = Gauge(
             "reranker_queue_capacity", "Items the queue holds before answering 429 (max_queue).",
@@ -197,4 +198,6 @@ class ModelMetrics:
         self.predicted_queue_time = m.predicted_queue_time.labels(model=model)
         self.throughput = m.throughput.labels(model=model)
         self.deadline_misses = m.deadline_misses.labels(model=model)
+        self.worker_restarts = m.worker_restarts.labels(model=model)
+        self.devices_out_of_service = m.devices_out_of_service.labels(model=model)
         self.failures = m.failures

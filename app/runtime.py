@@ -90,10 +90,14 @@ class ServedModel:
     workers: list[Worker]
     service: RerankService
     metrics: ModelMetrics
+    recovering: bool = False
+    """A worker of this model died and is being replaced: its requests get 503 meanwhile;
+    the other models' requests are served as usual."""
 
 
 class Runtime:
-    """Owned by one app. Services are usable only while `phase == "ready"`."""
+    """Owned by one app. Services are usable while `phase` is "ready", or "recovering" for the
+    models none of whose workers is being replaced (`/ready` says "recovering" meanwhile)."""
 
     def __init__(
         self,
@@ -130,9 +134,13 @@ class Runtime:
                 f"model {name!r} is not served here; use one of"
                 f" {', '.join(map(repr, self.settings.served_names))} or omit 'model'"
             )
-        if self.phase != "ready" or index >= len(self.models):
+        if self.phase not in ("ready", "recovering") or index >= len(self.models):
             raise self.not_ready()
-        return self.models[index]
+        served = self.models[index]
+        if served.recovering:
+            raise NotReady(f"a device worker of {served.name} is restarting; retry shortly",
+                           retry_after_s=1.0)
+        return served
 
     @property
     def service(self) -> RerankService:
@@ -261,6 +269,7 @@ class Runtime:
                 for i, worker in enumerate(served.workers):
                     if worker.alive or self.phase not in ("ready", "recovering"):
                         continue
+                    served.recovering = True
                     self._set_phase("recovering")
                     now = time.monotonic()
                     self._deaths = [t for t in self._deaths if now - t < DEATH_WINDOW_S] + [now]
@@ -271,12 +280,13 @@ class Runtime:
                     replacement = Worker(served.scheduler, worker.scorer, served.metrics)
                     replacement.start()
                     served.workers[i] = replacement
-                    self.metrics.worker_restarts.inc()
+                    served.metrics.worker_restarts.inc()
                     log.warning("restarted the worker of %s on %s", served.name,
                                 worker.scorer.device)
-            if self.phase == "recovering" and all(
-                w.alive for served in self.models for w in served.workers
-            ):
+            for served in self.models:
+                served.recovering = served.recovering and not all(
+                    w.alive for w in served.workers)
+            if self.phase == "recovering" and not any(s.recovering for s in self.models):
                 self._set_phase("ready")
 
     def _retire_broken(self, served: ServedModel) -> None:
@@ -285,7 +295,7 @@ class Runtime:
             return
         served.workers = [w for w in served.workers if w not in broken]
         for worker in broken:
-            self.metrics.devices_out_of_service.inc()
+            served.metrics.devices_out_of_service.inc()
             log.error("%s taken out of service for %s: %r", worker.scorer.device, served.name,
                       worker.broken)
         served.scheduler.workers = max(1, len(served.workers))

@@ -4,12 +4,16 @@ Each test asserts exactly which requests failed and that the rest succeeded."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Sequence
 
 import httpx
+import pytest
 import torch
 
+from app import runtime as runtime_module
+from app.batching.worker import Worker
 from tests.conftest import ServerFactory
 from tests.fakes import WorkerKilled, WrappedScorer, exploding_loader, wrapping_loader
 from tests.reference import reference_scores
@@ -118,8 +122,55 @@ async def test_a_dying_worker_fails_its_batch_and_is_restarted(
               for i in range(5))
         )
     assert [x.status_code for x in ok] == [200] * 5
-    assert server.metric("reranker_worker_restarts_total") == 1
+    assert server.metric("reranker_worker_restarts_total",
+                         {"model": server.runtime.models[0].name}) == 1
     assert server.runtime.phase == "ready" and not server.fatal
+
+
+async def test_one_models_worker_restart_leaves_the_others_serving(
+    server_factory: ServerFactory, xlmr_dir: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While model b's worker is being replaced, b answers 503 with Retry-After and /ready
+    says recovering, but model a keeps answering 200."""
+    loader, made = wrapping_loader(lambda s: WrappedScorer(s, error=WorkerKilled))
+    server = server_factory([xlmr_dir, xlmr_dir], served_model_name=["a", "b"], loader=loader,
+                            max_wait_ms=0)
+    marker = server.runtime.models[1].loaded.encoder.encode_query("Saturn")[1]
+    made[1].fail_if = _contains(marker)
+    gate = threading.Event()
+
+    class HeldWorker(Worker):
+        """A replacement whose threads start only once the test lets them."""
+
+        def start(self) -> None:
+            threading.Thread(target=lambda: gate.wait(10) and Worker.start(self)).start()
+
+    monkeypatch.setattr(runtime_module, "Worker", HeldWorker)
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            body = {"query": "Saturn", "documents": ["a"]}
+            assert (await client.post("/v1/rerank", json={**body, "model": "b"})).status_code \
+                == 500
+            made[1].fail_if = None
+            while not server.runtime.models[1].recovering:
+                await asyncio.sleep(0.01)
+            held = await client.post("/v1/rerank", json={**body, "model": "b"})
+            assert held.status_code == 503 and "restarting" in held.json()["detail"]
+            assert held.headers["retry-after"] == "1"
+            assert (await client.get("/ready")).json()["status"] == "recovering"
+            served = await client.post("/v1/rerank", json={**body, "model": "a"})
+            assert served.status_code == 200, served.text
+            gate.set()
+            deadline = time.monotonic() + 10
+            while (await client.get("/ready")).status_code != 200:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            again = await client.post("/v1/rerank", json={**body, "model": "b"})
+            assert again.status_code == 200, again.text
+    finally:
+        gate.set()
+    assert server.metric("reranker_worker_restarts_total", {"model": "b"}) == 1
+    assert server.metric("reranker_worker_restarts_total", {"model": "a"}) == 0
 
 
 def test_repeated_worker_deaths_give_up(server_factory: ServerFactory, xlmr_dir: str) -> None:
@@ -178,7 +229,8 @@ async def test_a_sticky_cuda_error_takes_the_only_device_out_and_stops_the_proce
             await asyncio.sleep(0.05)
         assert (await client.get("/ready")).status_code == 503
     assert "CUDA" in str(server.fatal[0])
-    assert server.metric("reranker_devices_out_of_service_total") == 1
+    assert server.metric("reranker_devices_out_of_service_total",
+                         {"model": server.runtime.models[0].name}) == 1
     assert server.metric("reranker_worker_restarts_total") == 0  # not restarted: it is broken
 
 
