@@ -295,6 +295,9 @@ def test_vllm_score_mistakes_are_422(
     with server.client(headers=AUTH) as c:
         r = c.post("/v1/score", json={"text_1": text_1, "text_2": text_2})
     assert r.status_code == 422 and words in r.json()["detail"]
+    error = r.json()["error"]  # vLLM's error object, for its clients
+    assert error["type"] == "UnprocessableEntityError" and error["code"] == 422
+    assert words in error["message"]
 
 
 def test_rerank_with_documents_answers_like_vllm_and_infinity(

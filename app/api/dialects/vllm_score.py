@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -79,3 +80,12 @@ class VllmScore(Dialect[ScoreRequest], request=ScoreRequest, response=ScoreRespo
             "data": [{"index": r.index, "object": "score", "score": r.score} for r in in_order],
             "usage": {**usage_tokens(outcome), "completion_tokens": 0},
         }
+
+    def error_body(self, status: int, body: dict[str, Any]) -> dict[str, Any]:
+        """vLLM's error object next to `detail`: `{"error": {"message", "type", "param",
+        "code"}}`, type named after the status as vLLM names it (BadRequestError, ...)."""
+        name = HTTPStatus(status).phrase.replace(" ", "").replace("-", "")
+        kind = name if name.endswith("Error") else f"{name}Error"
+        message = body["detail"] if isinstance(body["detail"], str) else str(body["detail"])
+        return {**body, "error": {"message": message, "type": kind, "param": None,
+                                  "code": status}}
