@@ -180,6 +180,9 @@ def resolve_devices(device: str) -> list[str]:
 
 BF16_CAPABILITY = (8, 0)
 """Native bfloat16 from Ampere on; T4 and V100 emulate it slowly, so `auto` takes float16."""
+FP16_UNSAFE = frozenset({"gemma", "gemma2", "gemma3", "gemma3_text"})
+"""Model types whose activations overflow float16 (trained in bfloat16 with large residual
+values): where bfloat16 is not native, `auto` takes float32 for them."""
 
 
 def resolve_dtype(
@@ -194,7 +197,9 @@ def resolve_dtype(
         return dtype, None
     if devices[0].startswith("cuda"):
         native_bf16 = all(torch.cuda.get_device_capability(d) >= BF16_CAPABILITY for d in devices)
-        return ("bfloat16" if native_bf16 else "float16"), None
+        if native_bf16:
+            return "bfloat16", None
+        return ("float32" if config.get("model_type") in FP16_UNSAFE else "float16"), None
     return probe_cpu_dtype(config)
 
 

@@ -68,3 +68,13 @@ def test_auto_dtype_on_cuda_by_compute_capability(
     devices = [f"cuda:{i}" for i in range(len(capabilities))]
     assert resolve_dtype("auto", devices, {}) == (dtype, None)
     assert resolve_dtype("float32", devices, {}) == ("float32", None)
+
+
+@pytest.mark.parametrize(("capabilities", "dtype"), [([(7, 5)], "float32"), ([(9, 0)], "bfloat16")])
+def test_auto_dtype_keeps_gemma_out_of_float16(
+    monkeypatch: pytest.MonkeyPatch, capabilities: list[tuple[int, int]], dtype: str
+) -> None:
+    """Gemma's activations overflow float16: without native bfloat16, auto takes float32."""
+    fake_gpus(monkeypatch, capabilities)
+    assert resolve_dtype("auto", ["cuda:0"], {"model_type": "gemma"}) == (dtype, None)
+    assert resolve_dtype("auto", ["cuda:0"], {"model_type": "qwen3"})[0] != "float32"
