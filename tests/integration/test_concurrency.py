@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 
 import httpx
 
+from app.service import BULK_NICENESS
 from tests.conftest import ServerFactory
 from tests.reference import reference_scores
 
@@ -78,3 +80,18 @@ async def test_a_huge_documents_tokenization_does_not_hold_up_small_requests(
     # Order, not a time limit: had they queued behind it, none could be answered before the
     # big one's tokenization ended.
     assert answered[0] < sent + big_tokenization_s, (answered, sent, big_tokenization_s)
+
+
+def test_huge_requests_tokenize_below_the_workers_priority(
+    server_factory: ServerFactory, xlmr_dir: str
+) -> None:
+    """The bulk lane's thread is nicer than the rest of the process (the device workers keep
+    their cores while a huge document is tokenized); the Rust tokenizer works in the lane's own
+    thread, not in a pool of its own that would run at normal priority."""
+    server = server_factory(xlmr_dir)
+    service = server.runtime.models[0].service
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    bulk = service._bulk_lane.submit(os.getpriority, os.PRIO_PROCESS, 0).result()
+    small = service._lane.submit(os.getpriority, os.PRIO_PROCESS, 0).result()
+    assert bulk == min(19, base + BULK_NICENESS) and small == base
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
