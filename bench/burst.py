@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from bench.loadgen import Stats, fixed_work
+from bench.loadgen import Stats, fixed_work, quiet_heap
 from bench.servers import ours
 from bench.workload import Request, _text
 
@@ -61,6 +61,7 @@ async def _post(client: httpx.AsyncClient, body: bytes) -> tuple[str, float, boo
 async def sequential(url: str, bodies: list[bytes], seconds: float | None = None,
                      count: int | None = None) -> list[tuple[float, float]]:
     """(sent at, latency) of requests sent one after another."""
+    quiet_heap()
     out = []
     async with httpx.AsyncClient(base_url=url, timeout=CLIENT_TIMEOUT_S) as client:
         t0 = time.perf_counter()
@@ -78,6 +79,7 @@ async def sequential(url: str, bodies: list[bytes], seconds: float | None = None
 async def burst(url: str, bodies: list[bytes], rate: float, seconds: float
                 ) -> list[tuple[float, str, float, bool]]:
     """(sent at, status, latency, retry-after present) of every request of the burst."""
+    quiet_heap()
     rng = random.Random(1)
     gate = asyncio.Semaphore(IN_FLIGHT)
     limits = httpx.Limits(max_connections=IN_FLIGHT, max_keepalive_connections=IN_FLIGHT)

@@ -51,7 +51,7 @@ from app.allocator import loaded_tcmalloc
 from app.engine.loading import load_model
 from app.runtime import default_batch_tokens
 from bench.engine import ensure_model
-from bench.loadgen import Body, Stats, fixed_work, jina_body, open_loop
+from bench.loadgen import Body, Stats, fixed_work, jina_body, open_loop, quiet_heap
 from bench.plots import LoadPoint, Probe, fairness_timeline, load_curves
 from bench.servers import Running, infinity, ours
 from bench.workload import Request, make_requests, with_token_counts
@@ -167,6 +167,8 @@ async def _fairness_probe(url: str, small: list[Request],
     Returns them with their send times, and when the big request was answered (s from the
     start; 0 without one)."""
     import httpx
+
+    quiet_heap()
 
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
         start = time.perf_counter()

@@ -9,6 +9,7 @@ counts from the first send, and each refusal is counted in `Stats.refusals`."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import time
 from collections import Counter
@@ -21,6 +22,15 @@ import httpx
 from bench.workload import Request
 
 Body = Callable[[Request], dict[str, Any]]
+
+
+def quiet_heap() -> None:
+    """Keep the load generator's own garbage collection out of the latencies it records: with
+    torch and transformers imported here, one full collection of this process stopped its event
+    loop for ~230 ms, which a probe then reported as the server's latency (the first fairness
+    run's one outlier). Every measuring loop calls this before it starts."""
+    gc.collect()
+    gc.freeze()
 
 
 def jina_body(req: Request) -> dict[str, Any]:
@@ -109,6 +119,7 @@ async def closed_loop(
     """`concurrency` clients send back to back for `warmup_s + seconds`. Counted: requests sent
     after the warm-up that were answered before the end, over exactly `seconds`; requests still
     in flight then are awaited but not counted, so neither end of the window is biased."""
+    quiet_heap()
     stats = Stats()
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
@@ -136,6 +147,7 @@ async def fixed_work(
     finish; timed from the first send to the last answer. The same work for every server (and
     for the in-process engine bound), so throughput ratios are not diluted by which requests a
     time window happened to hold. Warm up separately."""
+    quiet_heap()
     stats = Stats()
     queue = list(reversed(requests))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -158,6 +170,7 @@ async def open_loop(
     body: Body = jina_body, timeout: float = 120.0, retry: bool = False,
 ) -> Stats:
     """`count` requests with Poisson arrivals at `rate`/s, each sent when it is due."""
+    quiet_heap()
     stats = Stats()
     rng = random.Random(seed)
     async with httpx.AsyncClient(base_url=url, timeout=timeout,
