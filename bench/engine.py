@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.engine [--pairs 96] [--rounds 2] [--dtype bfloat16]
     .venv/bin/python -m bench.engine --model qwen3-0.6b --pairs 24
+    .venv/bin/python -m bench.engine --last-layer-ablation [--rounds 3]
 
 Generates (once, cached under --model-dir) a random model with jina-reranker-v2's shapes
 (12 layers, hidden 768, 12 heads, vocab 250002, max length 1024), or with `--model qwen3-0.6b`
@@ -133,6 +134,33 @@ def profile(scorer: Scorer, batches: list[list[Pair]]) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
+def last_layer_ablation(scorer: Scorer, batches: list[list[Pair]], rounds: int) -> None:
+    """A B A B: the native cross-encoder as served (its last layer computed for the one
+    position the head reads) against the same model with that layer run for every token."""
+    from app.engine import modeling
+
+    served = modeling.Layer.forward_first_tokens
+    path: modeling.AttentionPath = getattr(scorer, "attention", "sdpa-per-sequence")
+
+    def every_token(self: modeling.Layer, x: torch.Tensor,
+                    batch: modeling.PackedBatch) -> torch.Tensor:
+        return self.forward(x, batch, path)[batch.cu_seqlens[:-1].long()]
+
+    variants = {"every token": every_token, "one position": served}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    try:
+        for r in range(rounds):
+            for name, layer_fn in variants.items():
+                modeling.Layer.forward_first_tokens = layer_fn  # type: ignore[method-assign]
+                times[name].append(run_backend(scorer, batches))
+                print(f"round {r + 1} last layer for {name:12s} {times[name][-1]:7.2f} s",
+                      flush=True)
+    finally:
+        modeling.Layer.forward_first_tokens = served  # type: ignore[method-assign]
+    ratio = statistics.median(times["every token"]) / statistics.median(times["one position"])
+    print(f"\nlast layer for one position / for every token: {ratio:.2f}x throughput")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -150,6 +178,9 @@ def main() -> None:
         help="pairs queued when a batch forms (the scheduler sorts by length among them)",
     )
     parser.add_argument("--dtype", choices=list(DTYPES), default="bfloat16")
+    parser.add_argument("--last-layer-ablation", action="store_true",
+                        help="instead: the native cross-encoder with its last layer computed"
+                        " for the one position the head reads (as served) vs for every token")
     parser.add_argument("--profile", action="store_true",
                         help="instead: torch.profiler's op table for the native engine's"
                         " middle batch")
@@ -172,6 +203,9 @@ def main() -> None:
     }
     if args.profile:
         profile(backends["native"].scorers[0], batches["native"])
+        return
+    if args.last_layer_ablation:
+        last_layer_ablation(backends["native"].scorers[0], batches["native"], args.rounds)
         return
     times: dict[str, list[float]] = {name: [] for name in backends}
     for r in range(args.rounds):

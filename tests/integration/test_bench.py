@@ -36,6 +36,13 @@ def test_engine_benchmark_prints_its_table(xlmr_dir: str) -> None:
     assert "native / transformers throughput" in out
 
 
+def test_last_layer_ablation_runs_both_variants(xlmr_dir: str) -> None:
+    out = _run("bench.engine", "--model-dir", xlmr_dir, "--pairs", "8", "--rounds", "1",
+               "--dtype", "float32", "--last-layer-ablation")
+    assert "last layer for every token" in out and "last layer for one position" in out
+    assert "for one position / for every token:" in out
+
+
 def test_gpu_check_smoke_runs_on_cpu() -> None:
     out = _run("bench.gpu_check", "--device", "cpu", "--small", "--seconds", "0.5")
     rows = [line for line in out.splitlines() if line.startswith("| bfloat16 |")]
