@@ -6,6 +6,7 @@ import asyncio
 import functools
 import gc
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 
+from app.batching.cost import Cost, fit
 from app.batching.scheduler import Scheduler
 from app.batching.worker import Worker
 from app.config import Settings
@@ -59,11 +61,30 @@ def default_loader(settings: Settings) -> LoadedModel:
     )
 
 
-def _timed_forward(scorer: Scorer, batch: list[np.ndarray], split: int) -> tuple[int, float]:
-    """(tokens, seconds) of one forward pass over `batch`."""
-    t0 = time.perf_counter()
-    scorer.score(batch, [split] * len(batch))
-    return sum(map(len, batch)), time.perf_counter() - t0
+CALIBRATION_LENGTH = 2048
+"""Longest sequence of the warm-up's cost calibration (a decoder's 8192-token window on a CPU
+would add a minute to the start)."""
+
+
+def _timed_forward(scorer: Scorer, batch: list[np.ndarray], split: int) -> float:
+    """Seconds of the faster of two forward passes over `batch` (the first can still pay
+    one-time costs)."""
+    best = math.inf
+    for _ in range(2):
+        t0 = time.perf_counter()
+        scorer.score(batch, [split] * len(batch))
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@dataclass(frozen=True)
+class WarmUp:
+    """What the warm-up measured: the token budget that fits, the cost of a sequence by its
+    length, and per device the mixed batch's (tokens, token-equivalents, seconds)."""
+
+    budget: int
+    cost: Cost
+    runs: list[tuple[int, float, float]]
 
 
 def _mixed_windows(encoder: Encoder, window: int, tokens: int) -> list[np.ndarray]:
@@ -221,7 +242,7 @@ class Runtime:
         asked = batch_token_budget(self.settings, loaded.devices)
         release_cached_memory()  # what the models warmed up before this one left cached
         try:
-            budget, timings = await asyncio.to_thread(self._warm_up, loaded, asked)
+            warm = await asyncio.to_thread(self._warm_up, loaded, asked)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -231,6 +252,7 @@ class Runtime:
                 f"{name}: not even one full-length input fits in device memory{beside}: serve"
                 " fewer or smaller models, or a smaller --dtype"
             ) from exc
+        budget = warm.budget
         if budget < asked:
             log.warning(
                 "%s: a %d-token batch does not fit in device memory; token budget lowered to"
@@ -244,14 +266,18 @@ class Runtime:
             pads=all(s.pads for s in loaded.scorers),
             metrics=metrics,
             workers=len(loaded.scorers),
+            cost=warm.cost,
         )
         metrics.batch_token_budget.set(budget)
         metrics.queue_capacity.set(self.settings.max_queue)
-        for tokens, seconds in timings:
-            scheduler.throughput.observe(tokens, seconds)
+        for tokens, work, seconds in warm.runs:
+            scheduler.throughput.observe(tokens, seconds, work)
+        window = loaded.encoder.max_length
         log.info(
-            "%s warm-up: %d-token batches, %s tokens/s per device", name, budget,
-            ", ".join(f"{t / s:.0f}" for t, s in timings),
+            "%s warm-up: %d-token batches, %s tokens/s per device; a token of a %d-token"
+            " window costs %.2fx one of a short window", name, budget,
+            ", ".join(f"{t / s:.0f}" for t, _, s in warm.runs), window,
+            warm.cost.per_token(window),
         )
         workers = [Worker(scheduler, scorer, metrics) for scorer in loaded.scorers]
         for worker in workers:
@@ -321,32 +347,36 @@ class Runtime:
             self._set_phase("stopping")
 
     @staticmethod
-    def _warm_up(model: LoadedModel, budget: int) -> tuple[int, list[tuple[int, float]]]:
+    def _warm_up(model: LoadedModel, budget: int) -> WarmUp:
         """Per device: one max-length forward, so the first real long input pays no set-up;
         then a full-budget batch of windows of mixed lengths (the masked and varlen branches
         warmed, and an out-of-memory error met now, not under live traffic: the budget is
-        halved until the batch fits every device). That batch, timed twice, seeds the
-        throughput estimate admission predicts with. Returns the budget and the timings."""
+        halved until the batch fits every device). That batch, timed, seeds the throughput
+        estimate admission predicts with; on the first device a batch of long windows, timed
+        too, gives the cost of a sequence by its length (app/batching/cost.py)."""
         encoder = model.encoder
         window = encoder.window_tokens()
         longest, split = encoder.filler(window)
         for scorer in model.scorers:
             scorer.score([longest], [split])
+        long_window, _ = encoder.filler(min(window, CALIBRATION_LENGTH - len(longest) + window))
         while True:
-            batch = _mixed_windows(encoder, window, budget)
+            mixed = _mixed_windows(encoder, window, budget)
+            long_batch = [long_window] * max(1, budget // len(long_window))
             try:
-                timings = []
-                for scorer in model.scorers:
-                    # the faster of two runs: the first can still pay one-time costs
-                    runs = [_timed_forward(scorer, batch, split) for _ in range(2)]
-                    timings.append(min(runs, key=lambda run: run[1] / run[0]))
-                return budget, timings
+                seconds = [_timed_forward(scorer, mixed, split) for scorer in model.scorers]
+                long_s = _timed_forward(model.scorers[0], long_batch, split)
+                break
             except Exception as exc:
                 if budget <= len(longest) or not is_out_of_memory(exc):
                     raise
             # out of the except block: the failed attempt's tensors are freed before the retry
             release_cached_memory()
             budget //= 2
+        lengths = [len(x) for x in mixed]
+        cost = fit([(lengths, seconds[0]), ([len(x) for x in long_batch], long_s)])
+        work = cost.of_lengths(lengths)
+        return WarmUp(budget, cost, [(sum(lengths), work, s) for s in seconds])
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         """Stop taking work, let workers drain the queues, and release threads."""

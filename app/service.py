@@ -20,7 +20,7 @@ import numpy as np
 
 from app.batching.scheduler import Scheduler
 from app.engine.tokenize import EncodedRequest, Encoder, Pair
-from app.engine.windows import prompt_scored_tokens
+from app.engine.windows import prompt_windows
 from app.errors import InvalidRequest, RequestTooLarge
 from app.metrics import ModelMetrics
 
@@ -37,7 +37,9 @@ of preempting one of their threads mid-operation while small requests wait on it
 def _lower_priority() -> None:
     # on Linux a thread id names one thread: only the calling thread gets nicer
     with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BULK_NICENESS)
+        thread = threading.get_native_id()
+        nice = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, nice + BULK_NICENESS))
 
 SEED_CHARS_PER_TOKEN = 4.0
 """Before the first request is tokenized (XLM-R: about 4.4 for English, fewer for CJK); one
@@ -200,7 +202,7 @@ class RerankService:
         t0 = time.perf_counter()
         cut = truncation or Truncation()
         chars = sum(len(query) + sum(map(len, docs)) for query, docs, _ in work)
-        estimate = sum(self.estimate_tokens(query, docs, cut, instruction)
+        estimate = sum(self.estimate_work(query, docs, cut, instruction)
                        for query, docs, _ in work)
         encode = functools.partial(self._encode, work, cut, instruction)
         job = self.scheduler.admit(estimate, timeout_s)
@@ -246,20 +248,24 @@ class RerankService:
             inputs += encoded.input_tokens
         return EncodedRequest(pairs, total, inputs)
 
-    def estimate_tokens(self, query: str, documents: Sequence[str], cut: Truncation,
-                        instruction: str | None = None) -> int:
-        """Tokens the request will feed the model, from its characters alone (no tokenizing)."""
+    def estimate_work(self, query: str, documents: Sequence[str], cut: Truncation,
+                      instruction: str | None = None) -> float:
+        """The work the request will give the model, in token-equivalents (each window's
+        tokens weighed by its length: app/batching/cost.py), from its characters alone (no
+        tokenizing)."""
         per_token = self.chars_per_token.value
         encoder = self.encoder
+        cost = self.scheduler.cost
         prompt_len = encoder.prompt_tokens(math.ceil(len(query) / per_token),
                                            math.ceil(len(instruction or "") / per_token))
-        total = 0
+        total = 0.0
         for text in documents:
             doc_len = math.ceil(len(text) / per_token)
             if cut.max_doc_tokens is not None:
                 doc_len = min(doc_len, cut.max_doc_tokens)
-            total += prompt_scored_tokens(doc_len, prompt_len, encoder.max_length,
-                                          cut.max_windows)
+            windows, length = prompt_windows(doc_len, prompt_len, encoder.max_length,
+                                             cut.max_windows)
+            total += windows * cost.of(length)
         return total
 
 

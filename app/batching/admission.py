@@ -4,7 +4,9 @@ A request is admitted only if, served by the policy (shortest remaining work fir
 start within the queue-time limit and finish before its deadline, without making any request
 admitted before it miss its own. Otherwise it is refused at once with the predicted time until
 it would fit (429 + Retry-After), or, when it cannot finish in time even on an idle server,
-as too large (413). Predictions divide tokens by the device's measured tokens per second.
+as too large (413). Predictions divide work by the device's measured rate; both are in
+token-equivalents (app/batching/cost.py), which weigh a long window's tokens by what its
+attention costs, so the rate holds whatever mix of lengths it was measured on.
 """
 
 from __future__ import annotations
@@ -19,15 +21,15 @@ Verdict = Literal["admit", "queue_time", "deadline", "too_large"]
 
 SLACK = 1.25
 """Predicted durations are stretched by this much before they are held against a deadline:
-the estimate of tokens per second moves with the mix (long windows cost more per token), and
-a request that finishes a little late has wasted all its compute."""
+the measured rate moves (with the host's speed, and with what the length-weighed cost model
+does not capture), and a request that finishes a little late has wasted all its compute."""
 
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
-    """A request already admitted: its tokens not yet scored and its absolute deadline."""
+    """A request already admitted: its work not yet scored and its absolute deadline."""
 
-    remaining: int
+    remaining: float
     deadline: float
     arrival: int
 
@@ -46,7 +48,7 @@ class Forecast:
 def forecast(
     admitted: Sequence[Admitted],
     *,
-    tokens: int,
+    tokens: float,
     now: float,
     deadline: float,
     in_flight_s: float,

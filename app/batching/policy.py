@@ -20,8 +20,8 @@ GUARD_EVERY = 4
 class JobView:
     """What the policy sees of one waiting request."""
 
-    remaining: int
-    """Tokens still waiting to be scored."""
+    remaining: float
+    """Work still waiting to be scored (token-equivalents: app/batching/cost.py)."""
     arrival: int
     """Admission order: lower is older."""
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from app.batching import policy
 from app.batching.admission import Admitted, forecast
+from app.batching.cost import Cost
 from app.batching.throughput import Throughput
 from app.engine.backends import TokenIds
 from app.errors import InferenceFailed, QueueFull, RequestTooLarge
@@ -41,8 +42,9 @@ class Job:
     loop: asyncio.AbstractEventLoop
     arrival: int
     deadline: float
-    work: int
-    """Tokens not yet handed to a forward pass: an estimate until the request is tokenized."""
+    work: float
+    """Work not yet handed to a forward pass, in token-equivalents (app/batching/cost.py): an
+    estimate until the request is tokenized."""
     items: deque[Item] | None = None
     logits: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float32))
     remaining: int = 0
@@ -65,6 +67,7 @@ class Item:
     job: Job
     pos: int
     enqueued: float
+    work: float
 
     @property
     def length(self) -> int:
@@ -76,10 +79,12 @@ class Batch:
     items: list[Item]
     real_tokens: int
     cost_tokens: int
+    work: float
+    """Token-equivalents (app/batching/cost.py): what its forward pass is predicted to cost."""
     started: float | None = None
     """When its forward pass began (set by the worker); None while it is being prepared."""
-    lead_work: int = 0
-    """Remaining tokens of the request that led it, when it was formed."""
+    lead_work: float = 0
+    """Remaining work of the request that led it, when it was formed."""
     newest: int = 0
     """The newest admission it was formed with: a request admitted later may overtake it."""
 
@@ -96,14 +101,16 @@ class Scheduler:
         max_queue_time_s: float = math.inf,
         lookahead: int = 1024,
         workers: int = 1,
+        cost: Cost | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.configured_batch_tokens = max_batch_tokens
         self.max_batch_tokens = max_batch_tokens
         self._backoff_until = 0.0
         self.workers = workers
+        self.cost = cost or Cost()
         self.throughput = Throughput()
-        """Tokens per second of one worker."""
+        """Tokens and work per second of one worker."""
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.max_queue_time_s = max_queue_time_s
@@ -128,14 +135,21 @@ class Scheduler:
         rate = self.throughput.tokens_per_s
         return None if rate is None else rate * self.workers
 
-    def admit(self, tokens: int, timeout_s: float) -> Job:
-        """Admit a request of about `tokens` tokens with `timeout_s` to finish, or refuse it:
+    def work_per_s(self) -> float | None:
+        """Measured token-equivalents per second of all workers together: what admission
+        divides work by. None before any measurement."""
+        rate = self.throughput.work_per_s
+        return None if rate is None else rate * self.workers
+
+    def admit(self, tokens: float, timeout_s: float) -> Job:
+        """Admit a request of about `tokens` token-equivalents of work (app/batching/cost.py)
+        with `timeout_s` to finish, or refuse it:
         QueueFull (429) with the predicted time until it would fit, RequestTooLarge (413) when
         it cannot finish in time even alone. The returned job holds its place in line."""
         loop = asyncio.get_running_loop()
         now = self._clock()
         deadline = now + timeout_s
-        rate = self.tokens_per_s()
+        rate = self.work_per_s()
         with self._cond:
             if self._closed:
                 raise QueueFull("the server is shutting down; retry on another replica",
@@ -168,12 +182,13 @@ class Scheduler:
             self._jobs[job] = None
         return job
 
-    def _refuse(self, verdict: str, tokens: int, timeout_s: float, rate: float, wait: float,
+    def _refuse(self, verdict: str, work: float, timeout_s: float, rate: float, wait: float,
                 finish: float, retry: float) -> None:
         if verdict == "too_large":
+            tokens_rate = self.tokens_per_s() or rate
             raise RequestTooLarge(
-                f"this request comes to about {tokens} tokens to score, {tokens / rate:.1f} s of"
-                f" compute at the measured {rate:.0f} tokens/s: more than its {timeout_s:g} s"
+                f"this request needs about {work / rate:.1f} s of compute at this server's"
+                f" measured speed ({tokens_rate:.0f} tokens/s): more than its {timeout_s:g} s"
                 " deadline even on an idle server; send fewer or shorter documents, or allow"
                 " more time (x-request-timeout, up to the server's --request-timeout)"
             )
@@ -208,14 +223,17 @@ class Scheduler:
                 f" (max_queue={self.max_queue}); send fewer or shorter documents"
             )
         now = self._clock()
-        items = deque(Item(ids, split, job, pos, now) for pos, (ids, split) in enumerate(pairs))
+        of = self.cost.of
+        items = deque(Item(ids, split, job, pos, now, of(len(ids)))
+                      for pos, (ids, split) in enumerate(pairs))
         tokens = sum(item.length for item in items)
-        rate = self.tokens_per_s()
-        if rate is not None and tokens / rate > timeout_s:
+        work = sum(item.work for item in items)
+        rate = self.work_per_s()
+        if rate is not None and work / rate > timeout_s:
             self.release(job)
             self._metrics.requests_shed.labels(reason="too_large").inc()
-            self._refuse("too_large", tokens, timeout_s, rate, 0.0, 0.0, 0.0)
-        if rate is not None and tokens > job.work:
+            self._refuse("too_large", work, timeout_s, rate, 0.0, 0.0, 0.0)
+        if rate is not None and work > job.work:
             # More than the estimate it was admitted on: the deadline is checked again on the
             # real count, so that a request that cannot make it is refused before any device
             # time, rather than answered 504 after it.
@@ -224,14 +242,14 @@ class Scheduler:
                           if j is not job]
                 in_flight = list(self._in_flight)
             guess = forecast(
-                others, tokens=tokens, now=now, deadline=job.deadline,
+                others, tokens=work, now=now, deadline=job.deadline,
                 in_flight_s=self._in_flight_s(in_flight, now), tokens_per_s=rate,
                 max_queue_time_s=math.inf,
             )
             if guess.verdict == "deadline":
                 self.release(job)
                 self._metrics.requests_shed.labels(reason="deadline").inc()
-                self._refuse("deadline", tokens, timeout_s, rate, guess.wait_s, guess.finish_s,
+                self._refuse("deadline", work, timeout_s, rate, guess.wait_s, guess.finish_s,
                              guess.retry_after_s)
         with self._cond:
             if self._depth + len(items) > self.max_queue:
@@ -245,7 +263,7 @@ class Scheduler:
             if job.abandoned or job not in self._jobs:
                 return
             job.items = items
-            job.work = tokens
+            job.work = work
             self._depth += len(items)
             self._queued_tokens += tokens
             self._update_gauges()
@@ -259,7 +277,7 @@ class Scheduler:
 
     def submit(self, pairs: Sequence[tuple[TokenIds, int]], timeout_s: float = math.inf) -> Job:
         """Admit and queue in one step (tests, warm-up)."""
-        job = self.admit(sum(len(ids) for ids, _ in pairs), timeout_s)
+        job = self.admit(self.cost.of_lengths([len(ids) for ids, _ in pairs]), timeout_s)
         self.enqueue(job, pairs)
         return job
 
@@ -286,7 +304,7 @@ class Scheduler:
                 batch = self._take(chosen, oldest=min(ready, key=lambda job: job.arrival))
                 if not guard_turn:  # the guard's batches are not given up for newcomers
                     batch.lead_work = line[0].work + sum(
-                        item.length for item in chosen if item.job is line[0])
+                        item.work for item in chosen if item.job is line[0])
                 batch.newest = self._arrivals
                 if self._jobs:
                     self._cond.notify()
@@ -313,10 +331,12 @@ class Scheduler:
         """Take the chosen items out of their requests' FIFOs (under the lock)."""
         by_job: dict[Job, set[Item]] = {}  # Items hash by identity (eq=False)
         total = longest = 0
+        work = 0.0
         for item in chosen:
             by_job.setdefault(item.job, set()).add(item)
             n = item.length
-            item.job.work -= n
+            item.job.work -= item.work
+            work += item.work
             total += n
             longest = max(longest, n)
         self._queued_tokens -= total
@@ -336,24 +356,25 @@ class Scheduler:
                 self._jobs.pop(job, None)
         self._without_oldest = 0 if oldest in by_job else self._without_oldest + 1
         self._update_gauges()
-        batch = Batch(chosen, total, len(chosen) * longest if self.pads else total)
+        batch = Batch(chosen, total, len(chosen) * longest if self.pads else total, work)
         self._in_flight.add(batch)
         return batch
 
     def _drain_s(self) -> float:
-        """Seconds until the queued tokens are scored at the measured rate (1 s when unknown)."""
-        rate = self.tokens_per_s()
-        return 1.0 if rate is None else max(1.0, self._queued_tokens / rate)
+        """Seconds until the queued work is done at the measured rate (1 s when unknown);
+        called under the lock."""
+        rate = self.work_per_s()
+        return 1.0 if rate is None else max(1.0, sum(j.work for j in self._jobs) / rate)
 
     def _in_flight_s(self, batches: list[Batch], now: float) -> float:
         """Predicted seconds until the batches handed to workers are done."""
-        rate = self.throughput.tokens_per_s
+        rate = self.throughput.work_per_s
         if rate is None or not batches:
             return 0.0
         left = 0.0
         for batch in batches:
             elapsed = now - batch.started if batch.started is not None else 0.0
-            left += max(0.0, batch.real_tokens / rate - elapsed)
+            left += max(0.0, batch.work / rate - elapsed)
         return left / self.workers
 
     def back_off(self, seconds: float = 60.0) -> int:
@@ -407,7 +428,7 @@ class Scheduler:
             self._in_flight.discard(batch)
         for item in batch.items:
             self._metrics.queue_wait.observe(started - item.enqueued)
-        self.throughput.observe(batch.real_tokens, ended - started)
+        self.throughput.observe(batch.real_tokens, ended - started, batch.work)
         rate = self.tokens_per_s()
         if rate is not None:
             self._metrics.throughput.set(rate)
@@ -450,7 +471,7 @@ class Scheduler:
                 # a new deque, not appendleft: a planner may be reading the old one unlocked
                 job.items = deque([*returned, *job.items])
                 tokens = sum(item.length for item in returned)
-                job.work += tokens
+                job.work += sum(item.work for item in returned)
                 self._depth += len(returned)
                 self._queued_tokens += tokens
                 if job not in self._jobs:

@@ -81,8 +81,18 @@ def prompt_scored_tokens(
 ) -> int:
     """Tokens fed to the model for one document of `doc_len` tokens, each window carrying
     `prompt_len` tokens besides the document's (query, separators, a decoder's template)."""
+    windows, length = prompt_windows(doc_len, prompt_len, max_length, max_windows)
+    return windows * length
+
+
+def prompt_windows(
+    doc_len: int, prompt_len: int, max_length: int, max_windows: int | None = None
+) -> tuple[int, int]:
+    """(how many windows, tokens in each) for one document of `doc_len` tokens, each window
+    carrying `prompt_len` tokens besides the document's. All windows of a document have the
+    same length (the last one is right-aligned)."""
     budget = max(1, max_length - prompt_len)
     windows = window_count(doc_len, budget)
     if max_windows is not None:
         windows = min(windows, max_windows)
-    return windows * (prompt_len + min(doc_len, budget))
+    return windows, prompt_len + min(doc_len, budget)

@@ -9,6 +9,7 @@ import math
 import pytest
 
 from app.batching.admission import SLACK, Admitted, forecast
+from app.batching.cost import Cost, fit
 from app.batching.policy import GUARD_EVERY
 from app.batching.scheduler import Scheduler
 from app.errors import QueueFull, RequestTooLarge
@@ -157,7 +158,7 @@ async def test_the_real_token_count_replaces_the_estimate() -> None:
     clock, metrics = Clock(), Metrics().for_model("test")
     s = scheduler(clock, metrics, max_queue_time_s=math.inf)
     job = s.admit(500, timeout_s=60)  # estimated from characters
-    with pytest.raises(RequestTooLarge, match="about 70000 tokens"):
+    with pytest.raises(RequestTooLarge, match=r"about 70\.0 s of compute"):
         s.enqueue(job, [([1] * 1000, 1)] * 70, timeout_s=60)  # 70 s of work: never fits
     assert s.depth == 0
 
@@ -185,3 +186,42 @@ async def test_a_request_larger_than_estimated_is_checked_again_before_any_devic
     fits = s.admit(500, timeout_s=5.0)
     s.enqueue(fits, [([1] * 1000, 1)] * 3, timeout_s=5.0)  # 3 s, 3.75 s with the slack: fine
     assert s.depth == 3
+
+
+def test_the_cost_fit_recovers_how_a_forward_pass_grows_with_length() -> None:
+    """seconds = a·tokens + b·Σ L²: two timed mixes give a and b back, and the knee a/b."""
+    a, b = 1e-3, 2e-6  # the knee: 500 tokens
+    short, long = [100] * 40, [1000] * 4
+
+    def seconds(lengths: list[int]) -> float:
+        return a * sum(lengths) + b * sum(n * n for n in lengths)
+
+    cost = fit([(short, seconds(short)), (long, seconds(long))])
+    assert cost.knee == pytest.approx(500)
+    assert cost.of(1000) == pytest.approx(3000) and cost.per_token(1000) == pytest.approx(3)
+    # one work rate now predicts both mixes: seconds / token-equivalents is the same
+    assert seconds(short) / cost.of_lengths(short) == pytest.approx(
+        seconds(long) / cost.of_lengths(long))
+    # no length effect, or noise that makes it negative: tokens only
+    assert fit([(short, a * 4000), (long, a * 4000)]).knee == math.inf
+    assert fit([(short, seconds(long)), (long, seconds(short))]).knee == math.inf
+    assert fit([(short, 1.0), (short, 1.0)]).knee == math.inf
+
+
+async def test_admission_weighs_long_windows_by_their_cost() -> None:
+    """The same tokens in long windows take longer: measured on short windows, a rate in
+    plain tokens would admit a request of long ones that then misses its deadline."""
+    clock, metrics = Clock(), Metrics().for_model("test")
+    s = Scheduler(max_batch_tokens=1000, max_wait_s=0.0, max_queue=10_000, pads=False,
+                  metrics=metrics, clock=clock, cost=Cost(knee=1000))
+    s.throughput.observe(1000, 1.0, s.cost.of_lengths([100] * 10))  # short windows: 1100/s
+    short = [([1] * 100, 1)] * 60  # 6000 tokens, 6600 token-equivalents: 6 s
+    long = [([1] * 1000, 1)] * 6  # 6000 tokens, 12000 token-equivalents: ~10.9 s
+    job = s.admit(s.cost.of_lengths([100] * 60), timeout_s=8)
+    s.enqueue(job, short, timeout_s=8)
+    assert job.work == pytest.approx(6600)
+    s2 = Scheduler(max_batch_tokens=1000, max_wait_s=0.0, max_queue=10_000, pads=False,
+                   metrics=metrics, clock=clock, cost=Cost(knee=1000))
+    s2.throughput.observe(1000, 1.0, s2.cost.of_lengths([100] * 10))
+    with pytest.raises(RequestTooLarge, match=r"about 10\.9 s of compute"):
+        s2.enqueue(s2.admit(6000, timeout_s=8), long, timeout_s=8)
