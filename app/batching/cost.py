@@ -32,10 +32,17 @@ class Cost:
         return 1.0 + length / self.knee
 
 
+MIN_KNEE = 256
+"""No real model's attention costs as much as its linears at 256 tokens (jina-reranker-v2 on a
+CPU: ~1,500): a fit below it is noise, and is held here rather than trusted (it would make
+admission refuse long windows it could serve)."""
+
+
 def fit(runs: Sequence[tuple[Sequence[int], float]]) -> Cost:
     """The knee from two timed forward passes of different length mixes ((lengths, seconds)
     each): solves seconds = a·Σ L + b·Σ L² for a and b. A fit that comes out without a
-    positive a and b (too little difference between the mixes, or noise) counts tokens only."""
+    positive a and b (too little difference between the mixes, or noise) counts tokens only;
+    one below MIN_KNEE is held there."""
     if len(runs) != 2:
         raise ValueError("fit needs exactly two timed runs")
     (l1, t1), (l2, t2) = runs
@@ -48,4 +55,4 @@ def fit(runs: Sequence[tuple[Sequence[int], float]]) -> Cost:
     b = (s1 * t2 - s2 * t1) / det
     if a <= 0 or b <= 0:
         return Cost()
-    return Cost(knee=a / b)
+    return Cost(knee=max(MIN_KNEE, a / b))

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from app.batching.admission import SLACK, Admitted, forecast
-from app.batching.cost import Cost, fit
+from app.batching.cost import MIN_KNEE, Cost, fit
 from app.batching.policy import GUARD_EVERY
 from app.batching.scheduler import Scheduler
 from app.errors import QueueFull, RequestTooLarge
@@ -206,6 +206,11 @@ def test_the_cost_fit_recovers_how_a_forward_pass_grows_with_length() -> None:
     assert fit([(short, a * 4000), (long, a * 4000)]).knee == math.inf
     assert fit([(short, seconds(long)), (long, seconds(short))]).knee == math.inf
     assert fit([(short, 1.0), (short, 1.0)]).knee == math.inf
+    # a knee no model has (attention as dear as the linears at 20 tokens) is noise: held
+    def noisy(lengths: list[int]) -> float:  # a knee of 10 tokens
+        return a * sum(lengths) + a / 10 * sum(n * n for n in lengths)
+
+    assert fit([(short, noisy(short)), (long, noisy(long))]).knee == MIN_KNEE
 
 
 async def test_admission_weighs_long_windows_by_their_cost() -> None:
