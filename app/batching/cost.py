@@ -3,7 +3,7 @@
 A sequence of L tokens costs about a·L (the linears, per token) plus b·L² (attention, per pair
 of tokens). Counted in token-equivalents, `L + L²/knee` with `knee = a/b`: the length at which
 attention costs as much as everything else. On a CPU attention runs at a fraction of the
-matmul rate, so a full 1024-token window costs 1.5-1.7x per token what a short one does; a rate
+matmul rate, so a full 1024-token window costs 1.4-1.7x per token what a short one does; a rate
 measured on short windows then under-predicts a request of long ones by that much, and an
 admitted request could finish past its deadline. The knee is measured at warm-up (`fit`).
 """
