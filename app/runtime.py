@@ -105,12 +105,11 @@ def _mixed_windows(encoder: Encoder, window: int, tokens: int) -> list[np.ndarra
 def freeze_start_up_heap() -> None:
     """Move every object alive after start-up out of the cyclic garbage collector's sight.
 
-    With torch and transformers loaded a process holds ~360,000 tracked objects, and each full
-    collection (which allocation counts trigger from time to time) scanned them all: ~220 ms
-    during which no thread runs Python, so every request in flight waited (measured as one
-    ~280 ms outlier per big request in `bench.compare --only-fairness`). Frozen, they are
-    still freed by reference counting; a full collection scans only what requests allocate
-    (~1 ms)."""
+    With torch, transformers and jina-reranker-v2 loaded a process holds ~360,000 tracked
+    objects, and each full collection (which allocation counts trigger from time to time)
+    scanned them all: `gc.collect()` took ~220 ms, during which no thread runs Python, so
+    every request in flight waits. Frozen, they are still freed by reference counting; a full
+    collection scans only what requests allocate (~1 ms)."""
     gc.collect()
     gc.freeze()
 
