@@ -53,8 +53,8 @@ class Settings(BaseSettings):
     dtype: Dtype = Field(
         "auto",
         description="auto = bfloat16 on GPUs with native bf16 (compute capability >= 8.0),"
-        " float16 below; on CPU the faster of float32 and bfloat16, timed at start-up on the"
-        " model's shapes.",
+        " float16 below (float32 for Gemma, whose activations overflow float16); on CPU the"
+        " faster of float32 and bfloat16, timed at start-up on the model's shapes.",
     )
     backend: Backend = Field(
         "auto",

@@ -271,12 +271,12 @@ class Runtime:
         metrics.queue_capacity.set(self.settings.max_queue)
         for tokens, work, seconds in warm.runs:
             scheduler.throughput.observe(tokens, seconds, work)
-        window = loaded.encoder.max_length
+        max_length = loaded.encoder.max_length
         log.info(
             "%s warm-up: %d-token batches, %s tokens/s per device; a token of a %d-token"
             " window costs %.2fx one of a short window", name, budget,
-            ", ".join(f"{t / s:.0f}" for t, _, s in warm.runs), window,
-            warm.cost.per_token(window),
+            ", ".join(f"{t / s:.0f}" for t, _, s in warm.runs), max_length,
+            warm.cost.per_token(max_length),
         )
         workers = [Worker(scheduler, scorer, metrics) for scorer in loaded.scorers]
         for worker in workers:
@@ -358,7 +358,8 @@ class Runtime:
         longest, split = encoder.filler(window)
         for scorer in model.scorers:
             scorer.score([longest], [split])
-        long_window, _ = encoder.filler(min(window, CALIBRATION_LENGTH - len(longest) + window))
+        prompt = len(longest) - window  # query and separators (a decoder's template)
+        long_window, _ = encoder.filler(min(window, CALIBRATION_LENGTH - prompt))
         while True:
             mixed = _mixed_windows(encoder, window, budget)
             long_batch = [long_window] * max(1, budget // len(long_window))

@@ -41,6 +41,7 @@ def _lower_priority() -> None:
         nice = os.getpriority(os.PRIO_PROCESS, thread)
         os.setpriority(os.PRIO_PROCESS, thread, min(19, nice + BULK_NICENESS))
 
+
 SEED_CHARS_PER_TOKEN = 4.0
 """Before the first request is tokenized (XLM-R: about 4.4 for English, fewer for CJK); one
 tokenized request replaces it."""
@@ -113,9 +114,10 @@ class RerankService:
         self.max_request_tokens = max_request_tokens
         self._metrics = metrics
         self.chars_per_token = CharsPerToken()
-        # Two tokenizer lanes of one thread each (the Rust tokenizer parallelises a batch
-        # itself): requests past BULK_CHARS take their own, so a huge document's seconds of
-        # tokenization do not hold up the small requests arriving behind it.
+        # Two tokenizer lanes of one thread each (the Rust tokenizer works in the calling
+        # thread: app/engine/tokenize.py): requests past BULK_CHARS take their own, nicer one,
+        # so a huge document's seconds of tokenization hold up neither the small requests
+        # arriving behind it nor the device workers.
         self._lane = ThreadPoolExecutor(1, thread_name_prefix="reranker-tokenize")
         self._bulk_lane = ThreadPoolExecutor(1, thread_name_prefix="reranker-tokenize-bulk",
                                              initializer=_lower_priority)
