@@ -265,6 +265,9 @@ def main() -> None:
                         " capacity")
     parser.add_argument("--plots", type=Path, default=ROOT / "docs/img",
                         help="where the figures (SVG) are written")
+    parser.add_argument("--log-level", default="warning",
+                        help="our server's log level; debug logs each request's predicted and"
+                        " actual finish, and each batch")
     args = parser.parse_args()
     args.max_batch_tokens = args.max_batch_tokens or default_batch_tokens([args.device])
     # The engine bound runs in this process: give it the allocator the server gets.
@@ -288,7 +291,8 @@ def main() -> None:
     infinity_device = "cuda" if args.device.startswith("cuda") else "cpu"
     servers: dict[str, tuple[Callable[[], AbstractContextManager[Running]], str, Body]] = {
         "ours": (lambda: ours(model, "--device", args.device, "--dtype", args.dtype,
-                              "--max-batch-tokens", str(args.max_batch_tokens)),
+                              "--max-batch-tokens", str(args.max_batch_tokens),
+                              "--log-level", args.log_level),
                  "/v1/rerank", jina_body),
         "infinity": (lambda: infinity(venv, model, "--device", infinity_device,
                                       "--dtype", args.dtype),

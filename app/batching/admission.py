@@ -48,14 +48,16 @@ class Forecast:
 def forecast(
     admitted: Sequence[Admitted],
     *,
-    tokens: float,
+    work: float,
     now: float,
     deadline: float,
     in_flight_s: float,
-    tokens_per_s: float,
+    work_per_s: float,
     max_queue_time_s: float,
+    next_batch_s: float = 0.0,
 ) -> Forecast:
-    """Whether a request of `tokens` can be admitted at `now`, and when it would finish.
+    """Whether a request of `work` token-equivalents can be admitted at `now`, and when it
+    would finish.
 
     Work ahead of it: what is already in forward passes (`in_flight_s`) plus every admitted
     request with no more remaining work than it (ties go to the older one). That queued work
@@ -67,16 +69,21 @@ def forecast(
     that counted it would refuse requests on an otherwise idle server. While a request older
     than it waits behind it, the starvation guard may hand that one up to 1/GUARD_EVERY of
     the device, so its own progress is predicted at the rest.
+
+    `next_batch_s`: how long a batch takes that a worker may start from a request behind this
+    one while this one is being tokenized (it is not in line until then, and a started batch
+    runs to its end). Only counted when some request is behind it.
     """
-    own = tokens / tokens_per_s
+    own = work / work_per_s
     if own > deadline - now:
         return Forecast("too_large", 0.0, own, 0.0)
-    ahead = [a for a in admitted if a.remaining <= tokens]
-    behind = sorted((a for a in admitted if a.remaining > tokens),
+    ahead = [a for a in admitted if a.remaining <= work]
+    behind = sorted((a for a in admitted if a.remaining > work),
                     key=lambda a: (a.remaining, a.arrival))
     slowdown = GUARD_EVERY / (GUARD_EVERY - 1) if behind else 1.0
-    queued = sum(a.remaining for a in ahead) / tokens_per_s * slowdown
-    wait = in_flight_s * slowdown + queued
+    queued = sum(a.remaining for a in ahead) / work_per_s * slowdown
+    unseen = next_batch_s if behind else 0.0
+    wait = (in_flight_s + unseen) * slowdown + queued
     finish = wait + own * slowdown
     allowed = max(max_queue_time_s, own)
     if queued > allowed:
@@ -86,9 +93,9 @@ def forecast(
     # Those behind it are each delayed by its own work: none may be pushed past its deadline,
     # slack included. Only one that would miss it even as predicted, without the newcomer and
     # without slack, is given up on (it is not held against newcomers).
-    done = in_flight_s + sum(a.remaining for a in ahead) / tokens_per_s
+    done = in_flight_s + sum(a.remaining for a in ahead) / work_per_s
     for a in behind:
-        done += a.remaining / tokens_per_s
+        done += a.remaining / work_per_s
         if now + done <= a.deadline < now + SLACK * (done + own):
             return Forecast("deadline", wait, finish, done)
     return Forecast("admit", wait, finish, 0.0)

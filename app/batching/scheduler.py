@@ -11,6 +11,7 @@ with one `call_soon_threadsafe` per batch.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 import time
@@ -28,6 +29,8 @@ from app.batching.throughput import Throughput
 from app.engine.backends import TokenIds
 from app.errors import InferenceFailed, QueueFull, RequestTooLarge
 from app.metrics import ModelMetrics
+
+log = logging.getLogger(__name__)
 
 ESTIMATE_MARGIN = 2.0
 """A request is refused as too large before tokenizing only when its estimated compute is
@@ -52,6 +55,11 @@ class Job:
     inference_s: float = 0.0
     abandoned: bool = False
     on_abandon: Callable[[], None] | None = None
+    queued: int = 0
+    """Order in which its items were queued (0 until they are)."""
+    admitted_at: float = 0.0
+    predicted_s: float = math.nan
+    """Predicted seconds from admission to the last window scored (debug log)."""
 
     def abandon(self) -> None:
         """Mark the request as gone: its waiting items are dropped before any forward pass."""
@@ -86,7 +94,7 @@ class Batch:
     lead_work: float = 0
     """Remaining work of the request that led it, when it was formed."""
     newest: int = 0
-    """The newest admission it was formed with: a request admitted later may overtake it."""
+    """The last request queued when it was formed: one queued later may overtake it."""
 
 
 class Scheduler:
@@ -120,6 +128,7 @@ class Scheduler:
         self._clock = clock
         self._jobs: dict[Job, None] = {}  # admitted and not fully dispatched, in arrival order
         self._arrivals = 0
+        self._queued = 0
         self._in_flight: set[Batch] = set()
         self._depth = 0
         self._queued_tokens = 0
@@ -141,8 +150,8 @@ class Scheduler:
         rate = self.throughput.work_per_s
         return None if rate is None else rate * self.workers
 
-    def admit(self, tokens: float, timeout_s: float) -> Job:
-        """Admit a request of about `tokens` token-equivalents of work (app/batching/cost.py)
+    def admit(self, work: float, timeout_s: float) -> Job:
+        """Admit a request of about `work` token-equivalents of work (app/batching/cost.py)
         with `timeout_s` to finish, or refuse it:
         QueueFull (429) with the predicted time until it would fit, RequestTooLarge (413) when
         it cannot finish in time even alone. The returned job holds its place in line."""
@@ -158,28 +167,35 @@ class Scheduler:
             in_flight = list(self._in_flight)
         if rate is not None:
             in_flight_s = self._in_flight_s(in_flight, now)
+            next_batch_s = self._next_batch_s(in_flight)
             guess = forecast(
-                admitted, tokens=tokens, now=now, deadline=deadline, in_flight_s=in_flight_s,
-                tokens_per_s=rate, max_queue_time_s=self.max_queue_time_s,
+                admitted, work=work, now=now, deadline=deadline, in_flight_s=in_flight_s,
+                work_per_s=rate, max_queue_time_s=self.max_queue_time_s,
+                next_batch_s=next_batch_s,
             )
-            if guess.verdict == "too_large" and tokens / rate <= ESTIMATE_MARGIN * timeout_s:
-                # `tokens` is an estimate from characters: 413 is final, so only the real
+            if guess.verdict == "too_large" and work / rate <= ESTIMATE_MARGIN * timeout_s:
+                # `work` is an estimate from characters: 413 is final, so only the real
                 # count (in `enqueue`) decides it unless the estimate is far past the deadline
                 guess = forecast(
-                    admitted, tokens=tokens, now=now, deadline=math.inf,
-                    in_flight_s=in_flight_s, tokens_per_s=rate,
-                    max_queue_time_s=self.max_queue_time_s,
+                    admitted, work=work, now=now, deadline=math.inf,
+                    in_flight_s=in_flight_s, work_per_s=rate,
+                    max_queue_time_s=self.max_queue_time_s, next_batch_s=next_batch_s,
                 )
             if guess.verdict != "admit":
                 self._metrics.requests_shed.labels(reason=guess.verdict).inc()
-                self._refuse(guess.verdict, tokens, timeout_s, rate, guess.wait_s,
+                self._refuse(guess.verdict, work, timeout_s, rate, guess.wait_s,
                              guess.finish_s, guess.retry_after_s)
             self._metrics.predicted_queue_time.observe(guess.wait_s)
         with self._cond:
             self._arrivals += 1
-            job = Job(loop.create_future(), loop, self._arrivals, deadline, tokens,
-                      on_abandon=self._note_abandoned)
+            job = Job(loop.create_future(), loop, self._arrivals, deadline, work,
+                      on_abandon=self._note_abandoned, admitted_at=now)
             self._jobs[job] = None
+        if rate is not None:
+            job.predicted_s = guess.finish_s
+            log.debug("admitted request %d: %.0f work (estimate), %.0f work/s, %d ahead, start"
+                      " in %.1f s, finish in %.1f s, deadline %.1f s", job.arrival, work,
+                      rate, len(admitted), guess.wait_s, guess.finish_s, timeout_s)
         return job
 
     def _refuse(self, verdict: str, work: float, timeout_s: float, rate: float, wait: float,
@@ -233,17 +249,18 @@ class Scheduler:
             self.release(job)
             self._metrics.requests_shed.labels(reason="too_large").inc()
             self._refuse("too_large", work, timeout_s, rate, 0.0, 0.0, 0.0)
-        if rate is not None and work > job.work:
-            # More than the estimate it was admitted on: the deadline is checked again on the
-            # real count, so that a request that cannot make it is refused before any device
-            # time, rather than answered 504 after it.
+        if rate is not None:
+            # The admission is checked again on the real count, whichever way it moved from
+            # the estimate: more work may miss its own deadline; less may put it ahead of a
+            # request it was admitted behind, and push that one past its deadline. Either is
+            # refused here, before any device time, rather than answered 504 after it.
             with self._cond:
                 others = [Admitted(j.work, j.deadline, j.arrival) for j in self._jobs
                           if j is not job]
                 in_flight = list(self._in_flight)
             guess = forecast(
-                others, tokens=work, now=now, deadline=job.deadline,
-                in_flight_s=self._in_flight_s(in_flight, now), tokens_per_s=rate,
+                others, work=work, now=now, deadline=job.deadline,
+                in_flight_s=self._in_flight_s(in_flight, now), work_per_s=rate,
                 max_queue_time_s=math.inf,
             )
             if guess.verdict == "deadline":
@@ -251,6 +268,10 @@ class Scheduler:
                 self._metrics.requests_shed.labels(reason="deadline").inc()
                 self._refuse("deadline", work, timeout_s, rate, guess.wait_s, guess.finish_s,
                              guess.retry_after_s)
+            job.predicted_s = now - job.admitted_at + guess.finish_s
+            log.debug("queued request %d: %d windows, %.0f work (estimate %.0f), %.1f s after"
+                      " admission; predicted finish %.1f s after admission", job.arrival,
+                      len(items), work, job.work, now - job.admitted_at, job.predicted_s)
         with self._cond:
             if self._depth + len(items) > self.max_queue:
                 self._jobs.pop(job, None)
@@ -264,6 +285,8 @@ class Scheduler:
                 return
             job.items = items
             job.work = work
+            self._queued += 1
+            job.queued = self._queued
             self._depth += len(items)
             self._queued_tokens += tokens
             self._update_gauges()
@@ -305,7 +328,7 @@ class Scheduler:
                 if not guard_turn:  # the guard's batches are not given up for newcomers
                     batch.lead_work = line[0].work + sum(
                         item.work for item in chosen if item.job is line[0])
-                batch.newest = self._arrivals
+                batch.newest = self._queued
                 if self._jobs:
                     self._cond.notify()
             return batch
@@ -377,6 +400,17 @@ class Scheduler:
             left += max(0.0, batch.work / rate - elapsed)
         return left / self.workers
 
+    def _next_batch_s(self, batches: list[Batch]) -> float:
+        """How long a request admitted now may wait, beyond the batches in flight, for one
+        that a worker starts while it is being tokenized: a full batch at the measured rate
+        for each worker that has none prepared (one that has will run that one next)."""
+        rate = self.throughput.tokens_per_s
+        if rate is None:
+            return 0.0
+        prepared = sum(1 for batch in batches if batch.started is None)
+        idle = max(0, self.workers - prepared)
+        return self.max_batch_tokens / rate * idle / self.workers
+
     def back_off(self, seconds: float = 60.0) -> int:
         """Halve the token budget for a while (after an out-of-memory error); returns it."""
         with self._cond:
@@ -446,15 +480,13 @@ class Scheduler:
             loop.call_soon_threadsafe(_fail, [batch.items[i] for i in idx])
 
     def overtaken(self, batch: Batch) -> bool:
-        """Whether a request admitted after `batch` was formed has less remaining work than
-        the request that led it: then the policy would now pick another batch."""
+        """Whether a request queued after `batch` was formed has less remaining work than the
+        request that led it: then the policy would now pick another batch. (Queued, not
+        admitted: requests admitted together are queued as their tokenizing ends, in any
+        order.)"""
         with self._cond:
-            for job in reversed(self._jobs):
-                if job.arrival <= batch.newest:
-                    return False
-                if job.items and job.work < batch.lead_work:
-                    return True
-            return False
+            return any(job.queued > batch.newest and job.items and job.work < batch.lead_work
+                       for job in self._jobs)
 
     def requeue(self, batch: Batch) -> None:
         """Put a handed-out batch that never ran back at the front of its requests' queues
@@ -518,6 +550,8 @@ def _deliver(items: list[Item], logits: np.ndarray, started: float, ended: float
             job.queue_s = max(job.queue_s, started - item.enqueued)
         if job.remaining == 0:
             job.future.set_result(job.logits)
+            log.debug("request %d done %.1f s after admission (predicted %.1f s)", job.arrival,
+                      ended - job.admitted_at, job.predicted_s)
 
 
 def _fail(items: list[Item]) -> None:

@@ -8,6 +8,7 @@ never waits for host-side work when a batch is ready.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -53,6 +54,7 @@ class Worker:
         self._ready: queue.SimpleQueue[Prepared | None] = queue.SimpleQueue()
         self._handoff = threading.Lock()
         self._dead = False
+        self._last_end = math.nan
         self.broken: BaseException | None = None
         """The error that took the device out of service, if one did."""
         self._thread = threading.Thread(
@@ -170,6 +172,12 @@ class Worker:
         self._metrics.batch_tokens.observe(batch.cost_tokens)
         self._metrics.padding_efficiency.observe(batch.real_tokens / max(1, batch.cost_tokens))
         self.scheduler.complete(batch, logits, started, ended)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("batch on %s: %d windows of %d requests, %d tokens, %.0f work, forward"
+                      " %.3f s, %.3f s after the previous one ended", self.scorer.device,
+                      len(batch.items), len({id(item.job) for item in batch.items}),
+                      batch.real_tokens, batch.work, ended - started, started - self._last_end)
+        self._last_end = ended
 
     def _forward(self, items: Sequence[Item], prepared: Any) -> np.ndarray:
         """Out of memory: release cached blocks, halve the budget (once per batch, however

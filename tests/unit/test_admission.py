@@ -20,8 +20,8 @@ RATE = 1000.0  # tokens per second
 
 def predict(admitted: list[Admitted], tokens: int, *, deadline: float = 60.0,
             in_flight_s: float = 0.0, max_queue_time_s: float = 1.0):  # type: ignore[no-untyped-def]
-    return forecast(admitted, tokens=tokens, now=0.0, deadline=deadline,
-                    in_flight_s=in_flight_s, tokens_per_s=RATE, max_queue_time_s=max_queue_time_s)
+    return forecast(admitted, work=tokens, now=0.0, deadline=deadline,
+                    in_flight_s=in_flight_s, work_per_s=RATE, max_queue_time_s=max_queue_time_s)
 
 
 def test_an_idle_server_admits_and_predicts_the_requests_own_time() -> None:
@@ -230,3 +230,52 @@ async def test_admission_weighs_long_windows_by_their_cost() -> None:
     s2.throughput.observe(1000, 1.0, s2.cost.of_lengths([100] * 10))
     with pytest.raises(RequestTooLarge, match=r"about 10\.9 s of compute"):
         s2.enqueue(s2.admit(6000, timeout_s=8), long, timeout_s=8)
+
+
+def test_a_batch_that_may_start_while_it_is_tokenized_counts_only_with_someone_behind() -> None:
+    # a bigger request admitted before it may have a batch started before this one is queued
+    f = forecast([Admitted(50_000, 600.0, 1)], work=100, now=0.0, deadline=60.0,
+                 in_flight_s=0.0, work_per_s=RATE, max_queue_time_s=1.0, next_batch_s=2.0)
+    slowdown = GUARD_EVERY / (GUARD_EVERY - 1)
+    assert f.wait_s == pytest.approx(2.0 * slowdown)
+    # only smaller work waiting: it is ahead in line anyway, and no other batch can start
+    f = forecast([Admitted(50, 600.0, 1)], work=100, now=0.0, deadline=60.0,
+                 in_flight_s=0.0, work_per_s=RATE, max_queue_time_s=1.0, next_batch_s=2.0)
+    assert f.wait_s == pytest.approx(0.05)
+
+
+async def test_a_batch_prepared_for_the_worker_is_the_only_one_that_can_start_first() -> None:
+    clock, metrics = Clock(), Metrics().for_model("test")
+    s = scheduler(clock, metrics, max_queue_time_s=math.inf)
+    s.submit([([1] * 1000, 1)] * 20)  # 20 s of work queued, nothing prepared yet
+
+    def predicted() -> float:
+        job = s.admit(100, timeout_s=60)
+        s.release(job)
+        return job.predicted_s
+
+    assert predicted() == pytest.approx((1.0 + 0.1) * 4 / 3)  # a full batch may start first
+    prepared = await asyncio.to_thread(s.next_batch)  # the worker's next batch, packed
+    assert prepared is not None and prepared.started is None
+    # it is in flight (1 s): no other batch can start before the newcomer is queued
+    assert predicted() == pytest.approx((1.0 + 0.1) * 4 / 3)
+    prepared.started = clock.now  # now it runs: the next one may be packed from the others
+    assert predicted() == pytest.approx((2.0 + 0.1) * 4 / 3)
+
+
+async def test_a_request_smaller_than_estimated_may_not_push_one_it_overtakes_past_its_deadline(
+) -> None:
+    """Admitted behind an older request on its estimate, it turns out smaller once tokenized
+    and would go ahead of it: checked again, and refused if that one would then miss."""
+    clock, metrics = Clock(), Metrics().for_model("test")
+    s = scheduler(clock, metrics, max_queue_time_s=math.inf)
+    older = s.admit(30_000, timeout_s=40)
+    s.enqueue(older, [([1] * 1000, 1)] * 30, timeout_s=40)  # 30 s of work, 37.5 s with slack
+    newer = s.admit(30_500, timeout_s=80)  # estimated just above it: behind it in line
+    assert newer.predicted_s == pytest.approx(60.5)
+    with pytest.raises(QueueFull) as refused:  # really 29.5 s: it would go first
+        s.enqueue(newer, [([1] * 500, 1)] * 59, timeout_s=80)
+    assert "push an earlier request past its own" in refused.value.detail
+    assert refused.value.retry_after_s == pytest.approx(30.0)  # once the older one is done
+    assert metrics.requests_shed.labels(reason="deadline")._value.get() == 1
+    assert s.depth == 30 and list(s._jobs) == [older]

@@ -246,3 +246,16 @@ async def test_a_prepared_batch_overtaken_by_a_smaller_request_goes_back_in_orde
     assert batch is not None
     assert [(item.job, item.ids[0]) for item in batch.items] == [(small, 50), (big, 1)]
     assert [item.ids[0] for item in (await asyncio.to_thread(s.next_batch)).items] == [2, 3]
+
+
+async def test_a_request_admitted_before_a_batch_was_formed_but_queued_after_overtakes_it() -> None:
+    """Requests admitted together are queued as their tokenizing ends, in any order: a small
+    one queued after the worker's next batch was formed from a big one still goes first."""
+    s = make(max_batch_tokens=20, pads=False)
+    big_job = s.admit(80, timeout_s=60)
+    small_job = s.admit(10, timeout_s=60)  # admitted second, still being tokenized
+    s.enqueue(big_job, [pair(10, token=k) for k in range(1, 9)])
+    prepared = await asyncio.to_thread(s.next_batch)
+    assert prepared is not None and not s.overtaken(prepared)
+    s.enqueue(small_job, [pair(10, token=50)])
+    assert s.overtaken(prepared)
