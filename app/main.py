@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -29,6 +30,10 @@ def create_app(
     """A ready-to-serve app. The model is downloaded (when a hub id is not cached yet), loaded
     and warmed up in the background once the listener is up: /health answers 200 at once,
     /ready 503 until the model is ready; a download or load failure stops the server."""
+    # The Rust tokenizer runs in the calling thread, not in a pool of its own: the service's
+    # tokenizer lanes then decide where tokenization runs and at what priority (app/service.py).
+    # Set here, by the app that owns the process, not when the engine package is imported.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     metrics = Metrics()
     runtime = Runtime(settings, metrics, loader=loader, on_fatal=on_fatal)
 

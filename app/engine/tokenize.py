@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -12,10 +11,6 @@ import numpy as np
 from app.engine.windows import client_cut, client_windows, window_budget
 
 Family = Literal["xlm-roberta", "bert"]
-
-# The Rust tokenizer runs in the calling thread, not in a pool of its own: the service's
-# tokenizer lanes then decide where tokenization runs and at what priority (app/service.py).
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @dataclass(frozen=True, slots=True)
