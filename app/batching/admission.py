@@ -91,11 +91,14 @@ def forecast(
     if now + SLACK * finish > deadline:
         return Forecast("deadline", wait, finish, now + SLACK * finish - deadline)
     # Those behind it are each delayed by its own work: none may be pushed past its deadline,
-    # slack included. Only one that would miss it even as predicted, without the newcomer and
-    # without slack, is given up on (it is not held against newcomers).
-    done = in_flight_s + sum(a.remaining for a in ahead) / work_per_s
-    for a in behind:
+    # slack included. Each is predicted as the newcomer is: after the batch that may start
+    # unseen, and slowed by the guard while someone is behind it in turn. Only one that would
+    # miss its deadline even as predicted, without the newcomer and without slack, is given up
+    # on (it is not held against newcomers).
+    done = in_flight_s + unseen + sum(a.remaining for a in ahead) / work_per_s
+    for i, a in enumerate(behind):
         done += a.remaining / work_per_s
-        if now + done <= a.deadline < now + SLACK * (done + own):
-            return Forecast("deadline", wait, finish, done)
+        slow = GUARD_EVERY / (GUARD_EVERY - 1) if i < len(behind) - 1 else 1.0
+        if now + done * slow <= a.deadline < now + SLACK * (done + own) * slow:
+            return Forecast("deadline", wait, finish, done * slow)
     return Forecast("admit", wait, finish, 0.0)

@@ -279,3 +279,16 @@ async def test_a_request_smaller_than_estimated_may_not_push_one_it_overtakes_pa
     assert refused.value.retry_after_s == pytest.approx(30.0)  # once the older one is done
     assert metrics.requests_shed.labels(reason="deadline")._value.get() == 1
     assert s.depth == 30 and list(s._jobs) == [older]
+
+
+def test_a_request_behind_the_newcomer_is_protected_with_the_guards_share_counted() -> None:
+    # while an older, larger request waits behind it, the guard may take a quarter of the
+    # device for that one: the 10 s of work still to do before b is done may take 13.3 s
+    b = Admitted(10_000, 16.0, 2)
+    oldest = Admitted(20_000, 600.0, 1)
+    # without the guard's share, 1.25 x 10.4 s = 13 s would fit b's 16 s
+    f = predict([b, oldest], 400, max_queue_time_s=10.0)
+    assert f.verdict == "deadline"
+    assert f.retry_after_s == pytest.approx(10.0 * GUARD_EVERY / (GUARD_EVERY - 1))
+    # with nobody behind b, nothing can take the device from it: the newcomer fits
+    assert predict([b], 400, max_queue_time_s=10.0).verdict == "admit"
