@@ -6,14 +6,22 @@ equal requests finish one after another (FIFO-like, each at its own service time
 all at N times it) and a small request overtakes a 500,000-token document. One starvation
 guard: once GUARD_EVERY - 1 batches in a row have gone by without the oldest request, the next
 one is led by it, so a large request always gets at least 1/GUARD_EVERY of the device.
+One safety net: a request whose deadline is near enough to be at risk leads (earliest deadline
+first), ahead of the guard: admission predicts that every admitted request finishes in time,
+and this catches one whose prediction ran late before it is answered 504.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 GUARD_EVERY = 4
+
+URGENCY = 1.5
+"""A request is at risk once the time left before its deadline is under this many times its
+remaining work at the measured rate (served alone from now on, it would still make it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +32,8 @@ class JobView:
     """Work still waiting to be scored (token-equivalents: app/batching/cost.py)."""
     arrival: int
     """Admission order: lower is older."""
+    deadline: float = math.inf
+    """Absolute, on the scheduler's clock."""
 
 
 def guard_due(batches_without_oldest: int) -> bool:
@@ -31,14 +41,29 @@ def guard_due(batches_without_oldest: int) -> bool:
     return batches_without_oldest >= GUARD_EVERY - 1
 
 
-def line_order(jobs: Sequence[JobView], guard_turn: bool = False) -> list[int]:
+def at_risk(jobs: Sequence[JobView], now: float, work_per_s: float) -> int | None:
+    """The request to lead the next batch because its deadline is at risk (the earliest
+    deadline among those at risk), or None. One that cannot make its deadline even alone is
+    not put first: it would take the device from the others and still be late."""
+    risky = [
+        i for i, job in enumerate(jobs)
+        if job.remaining / work_per_s <= job.deadline - now < URGENCY * job.remaining / work_per_s
+    ]
+    return min(risky, key=lambda i: (jobs[i].deadline, jobs[i].arrival)) if risky else None
+
+
+def line_order(jobs: Sequence[JobView], guard_turn: bool = False,
+               urgent: int | None = None) -> list[int]:
     """Indices of `jobs` in the order they are served: least remaining work first (ties: the
-    older first); on the guard's turn the oldest goes to the front."""
+    older first); on the guard's turn the oldest goes to the front; a request at risk of
+    missing its deadline (`urgent`, from `at_risk`) goes before all."""
     order = sorted(range(len(jobs)), key=lambda i: (jobs[i].remaining, jobs[i].arrival))
-    if guard_turn and order:
-        oldest = min(order, key=lambda i: jobs[i].arrival)
-        order.remove(oldest)
-        order.insert(0, oldest)
+    lead = urgent
+    if lead is None and guard_turn and order:
+        lead = min(order, key=lambda i: jobs[i].arrival)
+    if lead is not None:
+        order.remove(lead)
+        order.insert(0, lead)
     return order
 
 

@@ -312,8 +312,10 @@ class Scheduler:
             if snapshot is None:
                 return None
             ready, guard_turn = snapshot
-            views = [policy.JobView(job.work, job.arrival) for job in ready]
-            line = [ready[i] for i in policy.line_order(views, guard_turn)]
+            views = [policy.JobView(job.work, job.arrival, job.deadline) for job in ready]
+            rate = self.work_per_s()
+            urgent = None if rate is None else policy.at_risk(views, self._clock(), rate)
+            line = [ready[i] for i in policy.line_order(views, guard_turn, urgent)]
             window: list[Item] = []
             for job in line:
                 assert job.items is not None
@@ -325,9 +327,11 @@ class Scheduler:
                                                            self.pads)]
             with self._cond:
                 batch = self._take(chosen, oldest=min(ready, key=lambda job: job.arrival))
-                if not guard_turn:  # the guard's batches are not given up for newcomers
+                if urgent is None and not guard_turn:  # else not given up for newcomers
                     batch.lead_work = line[0].work + sum(
                         item.work for item in chosen if item.job is line[0])
+                if urgent is not None:
+                    log.debug("request %d leads: its deadline is at risk", line[0].arrival)
                 batch.newest = self._queued
                 if self._jobs:
                     self._cond.notify()

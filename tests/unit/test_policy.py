@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from app.batching.policy import GUARD_EVERY, JobView, fill_batch, guard_due, line_order
+from app.batching.policy import (
+    GUARD_EVERY,
+    URGENCY,
+    JobView,
+    at_risk,
+    fill_batch,
+    guard_due,
+    line_order,
+)
 
 
 def test_least_remaining_work_first_ties_to_the_older() -> None:
@@ -16,6 +24,23 @@ def test_the_guards_turn_puts_the_oldest_in_front() -> None:
     assert [guard_due(n) for n in range(GUARD_EVERY + 1)] == [False] * (GUARD_EVERY - 1) + [
         True, True
     ]
+
+
+def test_a_request_whose_deadline_is_at_risk_leads_even_on_the_guards_turn() -> None:
+    rate = 1000.0  # token-equivalents per second
+    small, oldest = JobView(500, 3, deadline=60.0), JobView(900_000, 1, deadline=5000.0)
+    # 20 s of work left: at risk once under URGENCY x 20 s remain before its deadline
+    late = JobView(20_000, 2, deadline=20.0 * URGENCY - 0.5)
+    jobs = [small, late, oldest]
+    assert at_risk(jobs, now=0.0, work_per_s=rate) == 1
+    assert line_order(jobs, guard_turn=True, urgent=1) == [1, 0, 2]
+    # with time enough, shortest remaining work first again
+    assert at_risk([small, JobView(20_000, 2, deadline=31.0), oldest], 0.0, rate) is None
+    # one that cannot make it even alone is not put first: it would still be late
+    assert at_risk([small, JobView(20_000, 2, deadline=19.0), oldest], 0.0, rate) is None
+    # several at risk: the earliest deadline first
+    two = [JobView(20_000, 1, deadline=25.0), JobView(10_000, 2, deadline=12.0)]
+    assert at_risk(two, 0.0, rate) == 1
 
 
 def test_packed_batches_fill_in_line_order_past_an_item_that_does_not_fit() -> None:

@@ -259,3 +259,21 @@ async def test_a_request_admitted_before_a_batch_was_formed_but_queued_after_ove
     assert prepared is not None and not s.overtaken(prepared)
     s.enqueue(small_job, [pair(10, token=50)])
     assert s.overtaken(prepared)
+
+
+async def test_a_request_whose_deadline_is_at_risk_leads_the_next_batch() -> None:
+    """Shortest remaining work first, unless a request would otherwise miss its deadline:
+    the safety net for a prediction that ran late (here: the device slowed down)."""
+    now = [0.0]
+    s = make(max_batch_tokens=20, pads=False, clock=lambda: now[0])
+    s.throughput.observe(20, 1.0)  # 20 tokens a second, as measured so far
+    big = s.submit([pair(10, token=1)] * 4, timeout_s=7.5)  # 2 s of work
+    s.submit([pair(10, token=2)] * 2, timeout_s=60.0)  # 1 s: goes first
+    s.submit([pair(10, token=3)] * 3, timeout_s=60.0)  # 1.5 s: next, ahead of the big one
+    batch = await asyncio.to_thread(s.next_batch)
+    assert batch is not None and {item.ids[0] for item in batch.items} == {2}
+    s.complete(batch, np.zeros(2, dtype=np.float32), 0.0, 3.0)  # 3x as long as predicted
+    now[0] = 3.0  # 4.5 s left for the big one's ~4.1 s at the new rate: at risk
+    batch = await asyncio.to_thread(s.next_batch)
+    assert batch is not None and batch.items[0].job is big
+    assert not s.overtaken(batch)  # not given up for a smaller newcomer either
