@@ -92,7 +92,7 @@ class Batch:
     started: float | None = None
     """When its forward pass began (set by the worker); None while it is being prepared."""
     lead_work: float = 0
-    """Remaining work of the request that led it, when it was formed."""
+    """Remaining work of the request that led it, besides this batch, when it was formed."""
     newest: int = 0
     """The last request queued when it was formed: one queued later may overtake it."""
 
@@ -328,8 +328,8 @@ class Scheduler:
             with self._cond:
                 batch = self._take(chosen, oldest=min(ready, key=lambda job: job.arrival))
                 if urgent is None and not guard_turn:  # else not given up for newcomers
-                    batch.lead_work = line[0].work + sum(
-                        item.work for item in chosen if item.job is line[0])
+                    # after the take: the remaining work admission compares newcomers with
+                    batch.lead_work = line[0].work
                 if urgent is not None:
                     log.debug("request %d leads: its deadline is at risk", line[0].arrival)
                 batch.newest = self._queued
@@ -485,9 +485,11 @@ class Scheduler:
 
     def overtaken(self, batch: Batch) -> bool:
         """Whether a request queued after `batch` was formed has less remaining work than the
-        request that led it: then the policy would now pick another batch. (Queued, not
-        admitted: requests admitted together are queued as their tokenizing ends, in any
-        order.)"""
+        request that led it has besides this batch: then it goes first. (Queued, not admitted:
+        requests admitted together are queued as their tokenizing ends, in any order. Besides
+        this batch: admission counts a batch handed to a worker as in flight, so that is the
+        order a newcomer was admitted in; a newcomer that came between would overtake a
+        request whose deadline admission never held it against.)"""
         with self._cond:
             return any(job.queued > batch.newest and job.items and job.work < batch.lead_work
                        for job in self._jobs)

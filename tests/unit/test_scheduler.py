@@ -277,3 +277,17 @@ async def test_a_request_whose_deadline_is_at_risk_leads_the_next_batch() -> Non
     batch = await asyncio.to_thread(s.next_batch)
     assert batch is not None and batch.items[0].job is big
     assert not s.overtaken(batch)  # not given up for a smaller newcomer either
+
+
+async def test_a_newcomer_admitted_behind_the_lead_does_not_overtake_its_prepared_batch() -> None:
+    """Admission counts a batch handed to a worker as in flight: a newcomer with more work than
+    the lead request has left besides that batch was admitted behind it, and its deadline
+    checks assumed so. It does not take the lead from it by the batch's few seconds."""
+    s = make(max_batch_tokens=20, pads=False)
+    s.submit([pair(10, token=k) for k in range(1, 9)])  # 80 tokens
+    prepared = await asyncio.to_thread(s.next_batch)  # 20 of them: 60 left besides it
+    assert prepared is not None
+    s.submit([pair(10, token=50)] * 7)  # 70: behind the 60 left, though under 80
+    assert not s.overtaken(prepared)
+    s.submit([pair(10, token=60)] * 5)  # 50: ahead of the 60 left
+    assert s.overtaken(prepared)
