@@ -115,9 +115,9 @@ class RerankService:
         self._metrics = metrics
         self.chars_per_token = CharsPerToken()
         # Two tokenizer lanes of one thread each (the Rust tokenizer works in the calling
-        # thread: app/engine/tokenize.py): requests past BULK_CHARS take their own, nicer one,
-        # so a huge document's seconds of tokenization hold up neither the small requests
-        # arriving behind it nor the device workers.
+        # thread: TOKENIZERS_PARALLELISM, set in app/main.py): requests past BULK_CHARS take
+        # their own, nicer one, so a huge document's seconds of tokenization hold up neither
+        # the small requests arriving behind it nor the device workers.
         self._lane = ThreadPoolExecutor(1, thread_name_prefix="reranker-tokenize")
         self._bulk_lane = ThreadPoolExecutor(1, thread_name_prefix="reranker-tokenize-bulk",
                                              initializer=_lower_priority)

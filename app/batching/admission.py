@@ -17,6 +17,9 @@ from typing import Literal
 
 from app.batching.policy import GUARD_EVERY
 
+GUARD_SLOWDOWN = GUARD_EVERY / (GUARD_EVERY - 1)
+"""How much slower a request progresses while the guard may hand the device to an older one."""
+
 Verdict = Literal["admit", "queue_time", "deadline", "too_large"]
 
 SLACK = 1.25
@@ -80,7 +83,7 @@ def forecast(
     ahead = [a for a in admitted if a.remaining <= work]
     behind = sorted((a for a in admitted if a.remaining > work),
                     key=lambda a: (a.remaining, a.arrival))
-    slowdown = GUARD_EVERY / (GUARD_EVERY - 1) if behind else 1.0
+    slowdown = GUARD_SLOWDOWN if behind else 1.0
     queued = sum(a.remaining for a in ahead) / work_per_s * slowdown
     unseen = next_batch_s if behind else 0.0
     wait = (in_flight_s + unseen) * slowdown + queued
@@ -98,7 +101,7 @@ def forecast(
     done = in_flight_s + unseen + sum(a.remaining for a in ahead) / work_per_s
     for i, a in enumerate(behind):
         done += a.remaining / work_per_s
-        slow = GUARD_EVERY / (GUARD_EVERY - 1) if i < len(behind) - 1 else 1.0
+        slow = GUARD_SLOWDOWN if i < len(behind) - 1 else 1.0
         if now + done * slow <= a.deadline < now + SLACK * (done + own) * slow:
             return Forecast("deadline", wait, finish, done * slow)
     return Forecast("admit", wait, finish, 0.0)
