@@ -46,7 +46,9 @@ RUN cu="cu$(echo "$CUDA_VERSION" | cut -d. -f1,2 | tr -d .)" \
     && .venv/bin/python -c 'import sys, torch; want = ".".join(sys.argv[1].split(".")[:2]); \
 assert torch.version.cuda == want, f"torch {torch.__version__} is built for CUDA {torch.version.cuda}, not {want}"' \
         "$CUDA_VERSION"
-RUN TORCH_BUILD=cuda scripts/bootstrap.sh
+# The CPU attention kernel too, for a GPU image started on a host without a GPU.
+RUN TORCH_BUILD=cuda scripts/bootstrap.sh \
+    && RERANKER_KERNEL_CACHE=/app/kernels .venv/bin/python -m app.engine.cpu_kernel
 
 # flash-attn 2 runs on Ampere and newer. One kernel build per listed architecture: sm_80 code
 # also runs on 8.6/8.9 (A10, L4, RTX 30/40), 9.0 is Hopper, 10.0/12.0 Blackwell; the CUDA 12.6
@@ -70,11 +72,17 @@ RUN if [ "$FLASH_ATTN" = "1" ]; then \
 # ---- CPU build ------------------------------------------------------------------------------
 FROM ${CPU_BASE} AS cpu-build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# gcc builds the CPU attention kernel (app/engine/cpu_kernel.py) here; the runtime image has no
+# compiler and loads it from /app/kernels. Unpinned apt packages: see gpu-build.
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY scripts/ scripts/
 COPY app/ app/
-RUN TORCH_BUILD=cpu scripts/bootstrap.sh
+RUN TORCH_BUILD=cpu scripts/bootstrap.sh \
+    && RERANKER_KERNEL_CACHE=/app/kernels .venv/bin/python -m app.engine.cpu_kernel
 
 # ---- CPU runtime ----------------------------------------------------------------------------
 FROM ${CPU_BASE} AS cpu
@@ -86,7 +94,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends curl libtcmallo
     && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin reranker \
     && mkdir -p /models && chown 10001:10001 /models
 COPY --from=cpu-build --chown=10001:10001 /app /app
-ENV HF_HOME=/models RERANKER_PORT=8080 RERANKER_DEVICE=cpu
+ENV HF_HOME=/models RERANKER_PORT=8080 RERANKER_DEVICE=cpu RERANKER_KERNEL_CACHE=/app/kernels
 ARG BAKE_MODEL=
 RUN if [ -n "$BAKE_MODEL" ]; then \
         /app/.venv/bin/python -c "import sys; from app.engine.loading import resolve_model_dir; print(resolve_model_dir(sys.argv[1]))" "$BAKE_MODEL" \
@@ -124,7 +132,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends python3 curl li
 COPY --from=gpu-build --chown=10001:10001 /app /app
 # cuda, not auto: on a host whose driver is too old for the wheel's CUDA, the container stops
 # with one line naming both, instead of serving from the CPU. Mixed fleets: RERANKER_DEVICE=auto.
-ENV HF_HOME=/models RERANKER_PORT=8080 RERANKER_DEVICE=cuda
+ENV HF_HOME=/models RERANKER_PORT=8080 RERANKER_DEVICE=cuda RERANKER_KERNEL_CACHE=/app/kernels
 ARG BAKE_MODEL=
 RUN if [ -n "$BAKE_MODEL" ]; then \
         /app/.venv/bin/python -c "import sys; from app.engine.loading import resolve_model_dir; print(resolve_model_dir(sys.argv[1]))" "$BAKE_MODEL" \

@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.engine [--pairs 96] [--rounds 2] [--dtype bfloat16]
     .venv/bin/python -m bench.engine --model qwen3-0.6b --pairs 24
     .venv/bin/python -m bench.engine --last-layer-ablation [--rounds 3]
+    .venv/bin/python -m bench.engine --attention-ablation [--rounds 3]
 
 Generates (once, cached under --model-dir) a random model with jina-reranker-v2's shapes
 (12 layers, hidden 768, 12 heads, vocab 250002, max length 1024), or with `--model qwen3-0.6b`
@@ -161,6 +162,24 @@ def last_layer_ablation(scorer: Scorer, batches: list[list[Pair]], rounds: int) 
     print(f"\nlast layer for one position / for every token: {ratio:.2f}x throughput")
 
 
+def attention_ablation(scorer: Scorer, batches: list[list[Pair]], rounds: int) -> None:
+    """A B A B: the native engine on the attention path its start-up chose against PyTorch's
+    SDPA per sequence, on the same batches."""
+    chosen = getattr(scorer, "attention", "sdpa-per-sequence")
+    paths = dict.fromkeys([chosen, "sdpa-per-sequence"])
+    times: dict[str, list[float]] = {path: [] for path in paths}
+    for r in range(rounds):
+        for path in paths:
+            scorer.attention = path  # type: ignore[attr-defined]
+            times[path].append(run_backend(scorer, batches))
+            print(f"round {r + 1} attention {path:18s} {times[path][-1]:7.2f} s", flush=True)
+    scorer.attention = chosen  # type: ignore[attr-defined]
+    for path in paths:
+        print(f"{path}: {statistics.median(times[path]):.2f} s (median)")
+    ratio = statistics.median(times["sdpa-per-sequence"]) / statistics.median(times[chosen])
+    print(f"\n{chosen} / sdpa-per-sequence throughput: {ratio:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -184,6 +203,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="instead: torch.profiler's op table for the native engine's"
                         " middle batch")
+    parser.add_argument("--attention-ablation", action="store_true",
+                        help="instead: the native engine on the attention path chosen at"
+                        " start-up vs PyTorch's SDPA per sequence")
     args = parser.parse_args()
     args.max_batch_tokens = args.max_batch_tokens or default_batch_tokens(["cpu"])
 
@@ -206,6 +228,9 @@ def main() -> None:
         return
     if args.last_layer_ablation:
         last_layer_ablation(backends["native"].scorers[0], batches["native"], args.rounds)
+        return
+    if args.attention_ablation:
+        attention_ablation(backends["native"].scorers[0], batches["native"], args.rounds)
         return
     times: dict[str, list[float]] = {name: [] for name in backends}
     for r in range(args.rounds):

@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app.engine.decoder import DecoderReranker
 from app.engine.loading import load_model
-from app.engine.modeling import AttentionPath
+from app.engine.modeling import AttentionPath, CrossEncoder
 from app.engine.native import NativeScorer, attention_candidates, import_kernel
 from app.engine.tokenize import Pair, PairEncoder
 from app.testmodel import (
@@ -228,7 +229,14 @@ def path_rows(model: Path, device: str, pairs: list[Pair], ref: np.ndarray,
     for dtype in ["bfloat16", "float16"] if cuda else ["bfloat16"]:
         scorer = load_model(str(model), device=device, dtype=dtype).scorers[0]
         assert isinstance(scorer, NativeScorer)
-        paths = [p for p in attention_candidates(device, getattr(torch, dtype)) if usable(p)]
+        net = scorer.model
+        if isinstance(net, CrossEncoder):
+            causal, head_dim = False, net.cfg.hidden_size // net.cfg.num_heads
+        else:
+            assert isinstance(net, DecoderReranker)
+            causal, head_dim = True, net.cfg.head_dim
+        paths = [p for p in attention_candidates(device, getattr(torch, dtype), causal=causal,
+                                                 head_dim=head_dim) if usable(p)]
         if not cuda:
             paths.append("sdpa-padded")
         scorer.attention = "sdpa-padded"

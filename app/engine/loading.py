@@ -477,7 +477,8 @@ def load_native_decoder(
     for net, dev in zip(nets, devices, strict=True):
         check = functools.partial(causal_self_check, dev, _DTYPES[dtype], cfg.num_heads,
                                   cfg.num_kv_heads, cfg.head_dim)
-        path = checked_attention(dev, _DTYPES[dtype], cfg.num_heads, cfg.head_dim, check)
+        path = checked_attention(dev, _DTYPES[dtype], cfg.num_heads, cfg.head_dim, check,
+                                 causal=True)
         scorers.append(NativeScorer(net, dev, path))
     return scorers
 

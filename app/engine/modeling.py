@@ -4,6 +4,8 @@ A batch is one flat `[total_tokens, hidden]` tensor plus `cu_seqlens`: embedding
 LayerNorm and GELU touch real tokens only. Attention is the one op that needs sequences apart:
 - `flash-attn-varlen` (CUDA, flash-attn installed) and `torch-varlen` (CUDA, PyTorch's own
   varlen flash kernel) take the packed layout as is;
+- `avx512-bf16` (CPU, bf16, head size 64) is this project's own kernel
+  (app/engine/cpu_kernel.py), over twice as fast as PyTorch's on an AVX512-BF16 CPU;
 - `sdpa-per-sequence` (CPU) runs SDPA once per sequence on views of the packed tensor: no
   padding at all, and 2-3x faster on CPU than one masked call over a padded batch;
 - `sdpa-padded` (CUDA fallback) builds a padded copy inside the attention call only.
@@ -20,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from app.engine import cpu_kernel
 from app.engine.tokenize import Family
 
-AttentionPath = Literal["flash-attn-varlen", "torch-varlen", "sdpa-padded", "sdpa-per-sequence"]
+AttentionPath = Literal["flash-attn-varlen", "torch-varlen", "avx512-bf16", "sdpa-padded",
+                        "sdpa-per-sequence"]
 
 _GELU_APPROX = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
@@ -200,6 +204,8 @@ def attention(qkv: torch.Tensor, batch: PackedBatch, path: AttentionPath) -> tor
         varlen = varlen_attn(q, k, v, cu, cu, n, n)
         assert isinstance(varlen, torch.Tensor)
         return varlen
+    if path == "avx512-bf16":
+        return cpu_kernel.attention(qkv, batch.cu_seqlens)
     n_seqs = len(batch.spans)
     if batch.key_mask is None:  # equal lengths: a plain reshape, no padding at all
         q, k, v = qkv.view(n_seqs, batch.max_seqlen, *qkv.shape[1:]).permute(2, 0, 3, 1, 4)

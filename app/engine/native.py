@@ -5,12 +5,15 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import math
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from app.engine import cpu_kernel
 from app.engine.backends import TokenIds
 from app.engine.modeling import AttentionPath, CrossEncoder, PackedBatch, attention
 
@@ -18,22 +21,33 @@ log = logging.getLogger(__name__)
 
 
 FUSED: tuple[AttentionPath, ...] = ("flash-attn-varlen", "torch-varlen")
+KERNELS: tuple[AttentionPath, ...] = (*FUSED, "avx512-bf16")
+RACED: tuple[AttentionPath, ...] = ("avx512-bf16",)
+"""Kept only when measured faster than the next candidate on the model's own head shape."""
 _KERNEL_MODULE = {"flash-attn-varlen": "flash_attn", "torch-varlen": "torch.nn.attention.varlen"}
 
 SelfCheck = Callable[[AttentionPath], None]
+Race = Callable[[AttentionPath], float]
 
 
-def attention_candidates(device: str, dtype: torch.dtype) -> list[AttentionPath]:
-    """The exact attention paths for the device, fastest first: see app/engine/modeling.py."""
+def attention_candidates(device: str, dtype: torch.dtype, *, causal: bool = False,
+                         head_dim: int = cpu_kernel.HEAD_DIM) -> list[AttentionPath]:
+    """The exact attention paths for the device, fastest first: see app/engine/modeling.py.
+    The CPU kernel serves bf16 encoders of its head size only (not a decoder: `causal`)."""
     if not device.startswith("cuda"):
-        return ["sdpa-per-sequence"]
+        own = dtype == torch.bfloat16 and not causal and head_dim == cpu_kernel.HEAD_DIM
+        return ["avx512-bf16", "sdpa-per-sequence"] if own else ["sdpa-per-sequence"]
     fused = list(FUSED) if dtype in (torch.float16, torch.bfloat16) else []
     return [*fused, "sdpa-padded"]
 
 
 def import_kernel(path: AttentionPath) -> None:
-    """Import the module a fused path needs (raises when it is missing or broken: the usual
-    undefined-symbol ABI mismatch of a flash-attn build); SDPA paths need nothing."""
+    """Import (or build) what a kernel path needs; raises when it is missing or broken: the
+    usual undefined-symbol ABI mismatch of a flash-attn build, or a CPU the kernel does not
+    support. SDPA paths need nothing."""
+    if path == "avx512-bf16":
+        cpu_kernel.load()
+        return
     module = _KERNEL_MODULE.get(path)
     if module is not None:
         importlib.import_module(module)
@@ -41,15 +55,18 @@ def import_kernel(path: AttentionPath) -> None:
 
 def checked_attention(
     device: str, dtype: torch.dtype, heads: int, head_dim: int,
-    check: SelfCheck | None = None,
+    check: SelfCheck | None = None, *, causal: bool = False, race: Race | None = None,
 ) -> AttentionPath:
     """The first candidate whose kernel imports and agrees with padded SDPA on random input
     of the model's own head count and head size (a head size the kernel rejects fails here,
     not on every batch). One that is installed but broken (the usual undefined-symbol ABI
-    mismatch of a flash-attn build) is logged and the next one tried."""
+    mismatch of a flash-attn build) is logged and the next one tried. A RACED path must also
+    run faster than the next candidate here (`race`: seconds for one batch)."""
     run_check = check or functools.partial(_self_check, device, dtype, heads, head_dim)
-    for path in attention_candidates(device, dtype):
-        if path not in FUSED:
+    run_race = race or functools.partial(_race, device, dtype, heads, head_dim)
+    candidates = attention_candidates(device, dtype, causal=causal, head_dim=head_dim)
+    for i, path in enumerate(candidates):
+        if path not in KERNELS:
             return path
         try:
             import_kernel(path)
@@ -58,6 +75,15 @@ def checked_attention(
             log.warning("attention path %s is not usable here (%s); trying the next one",
                         path, exc)
             continue
+        if path in RACED:
+            rival = candidates[i + 1]
+            mine, theirs = run_race(path), run_race(rival)
+            faster = mine < theirs
+            log.info("attention: %s %.1f ms, %s %.1f ms on %s tokens: using %s", path,
+                     mine * 1e3, rival, theirs * 1e3, " + ".join(map(str, RACE_LENGTHS)),
+                     path if faster else rival)
+            if not faster:
+                continue
         return path
     return "sdpa-padded"
 
@@ -83,6 +109,24 @@ def _self_check(device: str, dtype: torch.dtype, heads: int, head_dim: int,
         batch = self_check_batch(device, lengths)
         qkv = torch.randn(sum(lengths), 3, heads, head_dim, generator=generator).to(device, dtype)
         close_enough(attention(qkv, batch, path), attention(qkv.float(), batch, "sdpa-padded"))
+
+
+RACE_LENGTHS = [512, 384, 256, 128]
+"""A batch of windows like a RAG mix's: long ones, where attention weighs most, and shorter."""
+
+
+def _race(device: str, dtype: torch.dtype, heads: int, head_dim: int,
+          path: AttentionPath) -> float:
+    """Seconds one batch of RACE_LENGTHS takes on `path`: the best of three after a warm-up."""
+    batch = self_check_batch(device, RACE_LENGTHS)
+    qkv = torch.randn(sum(RACE_LENGTHS), 3, heads, head_dim).to(device, dtype)
+    attention(qkv, batch, path)
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        attention(qkv, batch, path)
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def pack(

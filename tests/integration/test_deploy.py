@@ -366,15 +366,28 @@ def test_gpu_image_has_one_cuda_version(cuda: str | None, tmp_path: Path) -> Non
 
     # bootstrap.sh runs after, keeps that torch, and installs the project for CUDA.
     assert build.run_index("scripts/bootstrap.sh") > build.run_index("download.pytorch.org")
-    (boot,) = _run(build, "scripts/bootstrap.sh", build_args, tmp_path)
+    boot, kernel = _run(build, "scripts/bootstrap.sh", build_args, tmp_path)
     assert boot["env"]["TORCH_BUILD"] == "cuda"
+    _assert_builds_the_cpu_kernel(kernel, runtime)
 
 
 def test_cpu_image_installs_the_cpu_build(tmp_path: Path) -> None:
     _, stages = _dockerfile()
-    (boot,) = _run(stages["cpu-build"], "scripts/bootstrap.sh", {}, tmp_path)
+    boot, kernel = _run(stages["cpu-build"], "scripts/bootstrap.sh", {}, tmp_path)
     assert boot["env"]["TORCH_BUILD"] == "cpu"
     assert any(v.startswith("--from=cpu-build ") for v in stages["cpu"].values("COPY"))
+    _assert_builds_the_cpu_kernel(kernel, stages["cpu"])
+
+
+def _assert_builds_the_cpu_kernel(call: dict[str, Any], runtime: Stage) -> None:
+    """The build stage compiles the CPU attention kernel into the cache the runtime reads (it
+    has no compiler), inside /app, which the runtime copies from the build stage."""
+    assert call["argv"][0].endswith(".venv/bin/python")
+    assert call["argv"][1:] == ["-m", "app.engine.cpu_kernel"]
+    cache = call["env"]["RERANKER_KERNEL_CACHE"]
+    assert cache.startswith("/app/")
+    runtime_env = _stage_env(runtime, len(runtime.instructions), {})
+    assert runtime_env["RERANKER_KERNEL_CACHE"] == cache
 
 
 def test_flash_attn_build_is_pinned_and_bounded(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from transformers import AutoModelForSequenceClassification
 
 from app.engine.loading import load_model
 from app.errors import ModelUnavailable
+from app.testmodel import write_test_model
 
 
 def _reference_logits(stock_dir: str, seqs: list[list[int]], splits: list[int]) -> np.ndarray:
@@ -134,3 +135,26 @@ def test_a_directory_without_weights_fails_clearly(tmp_path: Path, jina_dir: str
     (tmp_path / "empty" / "model.safetensors").unlink()
     with pytest.raises(ModelUnavailable, match=r"neither model\.safetensors nor pytorch"):
         load_model(str(tmp_path / "empty"), device="cpu", dtype="float32")
+
+
+def test_the_cpu_kernel_scores_like_sdpa_in_bf16(tmp_path: Path) -> None:
+    """A model of head size 64 in bf16: the own CPU kernel and PyTorch's SDPA give the same
+    scores within bf16 rounding, both near the float32 reference."""
+    from app.engine import cpu_kernel
+
+    try:
+        cpu_kernel.load()
+    except cpu_kernel.KernelUnavailable as exc:
+        pytest.skip(f"the kernel cannot run on this host: {exc}")
+    model_dir = str(write_test_model(tmp_path / "head64", hidden=128, heads=2, layers=2))
+    seqs, splits = _mixed_batch(model_dir, seed=5)
+    want = _reference_logits(model_dir, seqs, splits)
+    scorer = load_model(model_dir, device="cpu", dtype="bfloat16").scorers[0]
+    scores = {}
+    for path in ("avx512-bf16", "sdpa-per-sequence"):
+        scorer.attention = path  # type: ignore[attr-defined]
+        scores[path] = scorer.score(seqs, splits)
+    sig = lambda x: 1 / (1 + np.exp(-x.astype(np.float64)))  # noqa: E731
+    ours, theirs = sig(scores["avx512-bf16"]), sig(scores["sdpa-per-sequence"])
+    assert np.abs(ours - theirs).max() < 1e-2, f"\nkernel {ours}\nsdpa   {theirs}"
+    assert np.abs(ours - sig(want)).max() <= np.abs(theirs - sig(want)).max() * 1.5 + 2e-3

@@ -75,9 +75,48 @@ def test_pack_moves_one_staging_buffer() -> None:
     assert batch.input_ids.dtype == torch.int64 and batch.input_ids.tolist() == [10, 11, 12, 20]
 
 
-def test_cpu_uses_per_sequence_sdpa() -> None:
-    assert attention_candidates("cpu", torch.bfloat16) == ["sdpa-per-sequence"]
+def test_cpu_candidates() -> None:
+    """The own kernel is tried for bf16 encoders only; float32 and decoders go to SDPA."""
+    assert attention_candidates("cpu", torch.bfloat16) == ["avx512-bf16", "sdpa-per-sequence"]
+    assert attention_candidates("cpu", torch.bfloat16, causal=True) == ["sdpa-per-sequence"]
+    assert attention_candidates("cpu", torch.float32) == ["sdpa-per-sequence"]
+    assert attention_candidates("cpu", torch.bfloat16, head_dim=128) == ["sdpa-per-sequence"]
     assert checked_attention("cpu", torch.float32, 12, 64) == "sdpa-per-sequence"
+
+
+def test_the_cpu_kernel_is_used_only_when_measured_faster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(native.cpu_kernel, "load", lambda: None)
+    checked: list[str] = []
+    for kernel_s, chosen in [(0.010, "avx512-bf16"), (0.030, "sdpa-per-sequence")]:
+        times = {"avx512-bf16": kernel_s, "sdpa-per-sequence": 0.020}
+        path = checked_attention("cpu", torch.bfloat16, 12, 64, check=checked.append,
+                                 race=times.__getitem__)
+        assert path == chosen
+    assert checked == ["avx512-bf16", "avx512-bf16"]
+
+
+def test_a_cpu_kernel_that_cannot_run_here_falls_to_sdpa(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    def unavailable() -> None:
+        raise native.cpu_kernel.KernelUnavailable("this CPU lacks avx512_bf16")
+
+    monkeypatch.setattr(native.cpu_kernel, "load", unavailable)
+    raced: list[str] = []
+    path = checked_attention("cpu", torch.bfloat16, 12, 64,
+                             race=lambda p: raced.append(p) or 0.0)
+    assert path == "sdpa-per-sequence" and raced == []
+    assert "avx512-bf16 is not usable here (this CPU lacks avx512_bf16)" in caplog.text
+
+
+def test_other_head_sizes_do_not_try_the_cpu_kernel(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(native.cpu_kernel, "load", lambda: None)
+    assert checked_attention("cpu", torch.bfloat16, 8, 96) == "sdpa-per-sequence"
+    assert "avx512-bf16" not in caplog.text
 
 
 def test_cuda_candidates_fastest_first() -> None:
