@@ -140,3 +140,15 @@ def test_soak_reports_memory_over_the_last_third(xlmr_dir: str, tmp_path: Path) 
     assert "last third of the run" in out and "requests answered 200" in out
     svg = plot.read_text()
     assert svg.startswith("<?xml") and "RSS (MB)" in svg and "requests/s" in svg
+
+
+def test_attention_benchmark_prints_its_table() -> None:
+    from app.engine import cpu_kernel
+
+    try:
+        cpu_kernel.load()
+    except cpu_kernel.KernelUnavailable as exc:
+        pytest.skip(f"the kernel cannot run on this host: {exc}")
+    out = _run("bench.attention")
+    rows = [line for line in out.splitlines() if line.startswith("| 4 x 1024 |")]
+    assert len(rows) == 1 and rows[0].count("|") == 9
