@@ -2,8 +2,8 @@
 compiler on first use and loaded with ctypes (the call releases the GIL).
 
 PyTorch's CPU flash kernel runs bf16 attention with head size 64 at about a third of the
-CPU's bf16 matmul rate; this kernel does the same arithmetic at over twice its speed on an
-AVX512-BF16 CPU (docs/benchmarks.md). It is one candidate among the CPU attention paths:
+CPU's bf16 matmul rate; this kernel does the same arithmetic at over twice its speed on a Zen 4
+(docs/benchmarks.md). It is one candidate among the CPU attention paths:
 app/engine/native.py uses it only when it builds here, agrees with float32 attention, and is
 measured faster than PyTorch's kernel on the model's own head shape.
 

@@ -5,7 +5,7 @@ LayerNorm and GELU touch real tokens only. Attention is the one op that needs se
 - `flash-attn-varlen` (CUDA, flash-attn installed) and `torch-varlen` (CUDA, PyTorch's own
   varlen flash kernel) take the packed layout as is;
 - `avx512-bf16` (CPU, bf16, head size 64) is this project's own kernel
-  (app/engine/cpu_kernel.py), over twice as fast as PyTorch's on an AVX512-BF16 CPU;
+  (app/engine/cpu_kernel.py), over twice as fast as PyTorch's on a Zen 4;
 - `sdpa-per-sequence` (CPU) runs SDPA once per sequence on views of the packed tensor: no
   padding at all, and 2-3x faster on CPU than one masked call over a padded batch;
 - `sdpa-padded` (CUDA fallback) builds a padded copy inside the attention call only.
