@@ -1,5 +1,6 @@
-"""CPU attention alone: the own AVX512-BF16 kernel against PyTorch's SDPA per sequence (its
-CPU flash kernel), bf16, 12 heads of 64 (jina-reranker-v2's shape), A B A B on the same input.
+"""CPU attention alone, as the engine calls it: the `avx512-bf16` path (the own kernel) against
+`sdpa-per-sequence` (PyTorch's CPU flash kernel), bf16, 12 heads of 64 (jina-reranker-v2's
+shape), A B A B on the same packed batch.
 
     .venv/bin/python -m bench.attention
 
@@ -15,20 +16,12 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
-from app.engine import cpu_kernel
+from app.engine.modeling import attention
+from app.engine.native import pack
 
 HEADS, HEAD_DIM = 12, 64
 BATCHES = [[1024] * 4, [512] * 8, [256] * 16, [100, 300, 1024, 700, 50, 1024, 400]]
-
-
-def sdpa(qkv: torch.Tensor, cu: list[int]) -> torch.Tensor:
-    out = []
-    for start, end in itertools.pairwise(cu):
-        q, k, v = qkv[start:end].permute(1, 2, 0, 3).contiguous().unsqueeze(1)
-        out.append(F.scaled_dot_product_attention(q, k, v)[0].transpose(0, 1))
-    return torch.cat(out)
 
 
 def exact(qkv: torch.Tensor, cu: list[int]) -> torch.Tensor:
@@ -59,14 +52,16 @@ def main() -> None:
         for n in lengths:
             cu.append(cu[-1] + n)
         qkv = (torch.randn(cu[-1], 3, HEADS, HEAD_DIM) * 2).to(torch.bfloat16)
-        cu_t = torch.tensor(cu, dtype=torch.int32)
+        batch = pack([[5] * n for n in lengths], [1] * len(lengths), position_offset=0,
+                     token_types=False, device=torch.device("cpu"))
+        kernel = functools.partial(attention, qkv, batch, "avx512-bf16")
+        sdpa = functools.partial(attention, qkv, batch, "sdpa-per-sequence")
         want = exact(qkv, cu)
-        errors = [(got.double() - want).abs().max().item()
-                  for got in (cpu_kernel.attention(qkv, cu_t), sdpa(qkv, cu))]
+        errors = [(run().double() - want).abs().max().item() for run in (kernel, sdpa)]
         ours, theirs = [], []
-        for _ in range(2):
-            ours.append(seconds(functools.partial(cpu_kernel.attention, qkv, cu_t)))
-            theirs.append(seconds(functools.partial(sdpa, qkv, cu)))
+        for _ in range(2):  # A B A B
+            ours.append(seconds(kernel))
+            theirs.append(seconds(sdpa))
         a, b = min(ours), min(theirs)
         flop = sum(4 * n * n * HEAD_DIM * HEADS for n in lengths) / 1e9
         shown = " + ".join(map(str, lengths)) if len(set(lengths)) > 1 else \

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from app.engine import cpu_kernel
+from app.engine.modeling import attention
 from app.engine.native import pack
+from tests.unit.test_attention import naive
 
 
 @pytest.fixture()
@@ -39,31 +40,19 @@ def _packed(lengths: list[int], heads: int = 12, seed: int = 0) -> tuple[torch.T
     return qkv, cu
 
 
-def _exact(qkv: torch.Tensor, cu: torch.Tensor) -> torch.Tensor:
-    """float64 softmax attention of each sequence alone, from the same bf16 inputs."""
-    out = []
-    for start, end in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True):
-        q, k, v = qkv[start:end].double().unbind(1)
-        scores = torch.einsum("qhd,khd->hqk", q, k) / 8
-        out.append(torch.einsum("hqk,khd->qhd", scores.softmax(-1), v))
-    return torch.cat(out)
-
-
-def _torch_bf16(qkv: torch.Tensor, cu: torch.Tensor) -> torch.Tensor:
-    out = []
-    for start, end in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True):
-        q, k, v = qkv[start:end].permute(1, 2, 0, 3).unsqueeze(1)
-        out.append(F.scaled_dot_product_attention(q, k, v)[0].transpose(0, 1))
-    return torch.cat(out)
+def _spans(cu: torch.Tensor) -> list[tuple[int, int]]:
+    return list(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True))
 
 
 @pytest.mark.usefixtures("kernel")
 @pytest.mark.parametrize("lengths", [[1], [2, 7, 63, 64, 65], [200, 1, 129], [1024, 300]])
 def test_as_exact_as_pytorchs_own_bf16_attention(lengths: list[int]) -> None:
     qkv, cu = _packed(lengths)
-    exact = _exact(qkv, cu)
-    ours = (cpu_kernel.attention(qkv, cu).double() - exact).abs()
-    theirs = (_torch_bf16(qkv, cu).double() - exact).abs()
+    batch = pack([[5] * n for n in lengths], [1] * len(lengths), position_offset=0,
+                 token_types=False, device=torch.device("cpu"))
+    exact = naive(qkv, _spans(cu)).double()
+    ours = (attention(qkv, batch, "avx512-bf16").double() - exact).abs()
+    theirs = (attention(qkv, batch, "sdpa-per-sequence").double() - exact).abs()
     # Both round the output to bf16 (a relative 2^-9); the mean error shows any systematic loss.
     assert ours.max() <= theirs.max() * 1.25 + 1e-3, (ours.max(), theirs.max())
     assert ours.mean() <= theirs.mean() * 1.1 + 1e-5, (ours.mean(), theirs.mean())
@@ -82,15 +71,13 @@ def test_each_sequence_is_computed_as_if_alone() -> None:
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(together, one_thread)
-    for i, (start, end) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)):
+    for i, (start, end) in enumerate(_spans(cu)):
         alone = cpu_kernel.attention(qkv[start:end], torch.tensor([0, lengths[i]]))
         assert torch.equal(together[start:end], alone)
 
 
 @pytest.mark.usefixtures("kernel")
 def test_the_modeling_path_takes_a_packed_batch() -> None:
-    from app.engine.modeling import attention
-
     lengths = [3, 90, 40]
     qkv, _ = _packed(lengths, heads=2)
     batch = pack([[5] * n for n in lengths], [1] * 3, position_offset=0, token_types=False,
