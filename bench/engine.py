@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.engine --model qwen3-0.6b --pairs 24
     .venv/bin/python -m bench.engine --last-layer-ablation [--rounds 3]
     .venv/bin/python -m bench.engine --attention-ablation [--rounds 3]
+    .venv/bin/python -m bench.engine --linear-ablation [--rounds 3]
 
 Generates (once, cached under --model-dir) a random model with jina-reranker-v2's shapes
 (12 layers, hidden 768, 12 heads, vocab 250002, max length 1024), or with `--model qwen3-0.6b`
@@ -180,6 +181,31 @@ def attention_ablation(scorer: Scorer, batches: list[list[Pair]], rounds: int) -
     print(f"\n{chosen} / sdpa-per-sequence throughput: {ratio:.2f}x")
 
 
+def linear_ablation(scorer: Scorer, batches: list[list[Pair]], rounds: int) -> None:
+    """A B A B: the native engine's linears as start-up chose them (oneDNN with the bias
+    fused, where its self-check passed) against `F.linear`, on the same batches."""
+    from app.engine.modeling import Linear
+
+    model: torch.nn.Module = scorer.model  # type: ignore[attr-defined]
+    linears = [m for m in model.modules() if isinstance(m, Linear)]
+    chosen = all(m.fused for m in linears)
+    names = {True: "fused bias", False: "F.linear"}
+    times: dict[bool, list[float]] = {chosen: [], not chosen: []}
+    try:
+        for r in range(rounds):
+            for fused in times:
+                for m in linears:
+                    m.fused = fused
+                times[fused].append(run_backend(scorer, batches))
+                print(f"round {r + 1} linears {names[fused]:10s} {times[fused][-1]:7.2f} s",
+                      flush=True)
+    finally:
+        for m in linears:
+            m.fused = chosen
+    ratio = statistics.median(times[False]) / statistics.median(times[True])
+    print(f"\nfused bias / F.linear throughput: {ratio:.3f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -206,6 +232,9 @@ def main() -> None:
     parser.add_argument("--attention-ablation", action="store_true",
                         help="instead: the native engine on the attention path chosen at"
                         " start-up vs PyTorch's SDPA per sequence")
+    parser.add_argument("--linear-ablation", action="store_true",
+                        help="instead: the native engine's linears with the bias fused into"
+                        " oneDNN's product (as chosen at start-up) vs F.linear")
     args = parser.parse_args()
     args.max_batch_tokens = args.max_batch_tokens or default_batch_tokens(["cpu"])
 
@@ -231,6 +260,9 @@ def main() -> None:
         return
     if args.attention_ablation:
         attention_ablation(backends["native"].scorers[0], batches["native"], args.rounds)
+        return
+    if args.linear_ablation:
+        linear_ablation(backends["native"].scorers[0], batches["native"], args.rounds)
         return
     times: dict[str, list[float]] = {name: [] for name in backends}
     for r in range(args.rounds):

@@ -24,7 +24,7 @@ from app.engine.decoder import (
     to_decoder_native,
 )
 from app.engine.modeling import CrossEncoder, EncoderConfig
-from app.engine.native import NativeScorer, checked_attention
+from app.engine.native import NativeScorer, checked_attention, fused_linears
 from app.engine.prompts import PromptEncoder
 from app.engine.recipes import DECODER_MAX_LENGTH, RECIPES, UnknownScoring, detect_scoring
 from app.engine.tokenize import Encoder, Family, PairEncoder
@@ -313,6 +313,7 @@ def load_native(
     for net, dev in zip(nets, devices, strict=True):
         assert isinstance(net, CrossEncoder)
         path = checked_attention(dev, _DTYPES[dtype], cfg.num_heads, head_dim)
+        fused_linears(net, dev, _DTYPES[dtype])
         scorers.append(NativeScorer.for_encoder(net, dev, path))
     return scorers
 

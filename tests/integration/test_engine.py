@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
 from pathlib import Path
@@ -13,7 +14,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification
 
-from app.engine.loading import load_model
+from app.engine import modeling
+from app.engine.loading import LoadedModel, load_model
+from app.engine.modeling import Linear
 from app.errors import ModelUnavailable
 from app.testmodel import write_test_model
 
@@ -91,6 +94,38 @@ def test_bf16_stays_within_2e2_of_fp32(jina_dir: str) -> None:
     assert bf16.dtype == np.float32
     sig = lambda x: 1 / (1 + np.exp(-x.astype(np.float64)))  # noqa: E731
     assert np.abs(sig(bf16) - sig(fp32)).max() < 2e-2, f"\nbf16 {bf16}\nfp32 {fp32}"
+
+
+def _linears(loaded: LoadedModel) -> list[Linear]:
+    model: torch.nn.Module = loaded.scorers[0].model  # type: ignore[attr-defined]
+    return [m for m in model.modules() if isinstance(m, Linear)]
+
+
+def test_bf16_linears_fused_give_the_same_bits(jina_dir: str) -> None:
+    seqs, splits = _mixed_batch(jina_dir, seed=4)
+    loaded = load_model(jina_dir, device="cpu", dtype="bfloat16")
+    linears = _linears(loaded)
+    assert linears and all(m.fused for m in linears)  # this CPU build has oneDNN
+    fused = loaded.scorers[0].score(seqs, splits)
+    for m in linears:
+        m.fused = False
+    assert np.array_equal(fused, loaded.scorers[0].score(seqs, splits))
+
+
+def test_fp32_linears_stay_aten(jina_dir: str) -> None:
+    assert not any(m.fused for m in _linears(load_model(jina_dir, device="cpu",
+                                                        dtype="float32")))
+
+
+def test_fused_linears_not_used_when_their_result_differs(
+    jina_dir: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real = modeling.onednn_linear
+    monkeypatch.setattr(modeling, "onednn_linear", lambda x, w, b: real(x, w, b) * 1.01)
+    with caplog.at_level(logging.WARNING, logger="app.engine.native"):
+        loaded = load_model(jina_dir, device="cpu", dtype="bfloat16")
+    assert not any(m.fused for m in _linears(loaded))
+    assert "fused oneDNN form is not usable here (differs from F.linear by up to" in caplog.text
 
 
 def test_jina_checkpoint_has_no_code_and_no_model_type(jina_dir: str) -> None:
