@@ -133,6 +133,14 @@ def test_burst_benchmark_counts_every_answer(xlmr_dir: str) -> None:
     assert "429 without Retry-After: 0" in burst_line
 
 
+def test_contention_benchmark_runs_alone_and_beside_a_competitor(xlmr_dir: str) -> None:
+    out = _run("bench.contention", "--model-dir", xlmr_dir, "--shares", "0", "0.5",
+               "--requests", "8")
+    lines = [line for line in out.splitlines() if line.startswith("competitor using")]
+    assert len(lines) == 2 and "0% of one core" in lines[0] and "50% of one core" in lines[1]
+    assert "x alone" in lines[1] and "x alone" not in lines[0]
+
+
 def test_soak_reports_memory_over_the_last_third(xlmr_dir: str, tmp_path: Path) -> None:
     plot = tmp_path / "soak.svg"
     out = _run("bench.soak", "--model", xlmr_dir, "--minutes", "0.1", "--interval", "2",
