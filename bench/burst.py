@@ -64,7 +64,7 @@ class RawClient:
     """A minimal HTTP/1.1 keep-alive client for the burst: it writes a pre-encoded request and
     reads the status line, headers and body, nothing else. The load generator shares the
     server's 2 cores, and there CPU taken from one of the forward pass's two threads stalls both
-    (a process using a quarter of one core cut capacity by ~19%); httpx spent ~1.6 ms of CPU per
+    (a process using a quarter of one core cut capacity by ~20%); httpx spent ~1.6 ms of CPU per
     request, this about a quarter of that, so the burst measures the server rather than the
     load generator."""
 
@@ -93,9 +93,11 @@ class RawClient:
             reader, writer = self.idle.pop()
             try:
                 return await self._exchange(reader, writer, request)
-            except (ConnectionError, asyncio.IncompleteReadError) as exc:
-                if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
+            except asyncio.IncompleteReadError as exc:
+                if exc.partial:  # an answer was under way: not a stale connection
                     raise
+            except ConnectionError:
+                pass
         return await self._exchange(*await asyncio.open_connection(self.host, self.port),
                                     request)
 
@@ -185,25 +187,31 @@ def main() -> None:
     parser.add_argument("--after-seconds", type=float, default=5.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model_dir
-        if model is None:
-            from app.testmodel import write_test_model
-
-            model = write_test_model(Path(tmp) / "small", max_length=512, hidden=256,
-                                     layers=4)
+        model = args.model_dir or small_model(Path(tmp))
         run(str(model), args.factor, args.seconds, args.capacity_seconds, args.after_seconds)
+
+
+def small_model(tmp: Path) -> Path:
+    """The burst's model: heavy enough that the forward passes, not HTTP, are the bottleneck."""
+    from app.testmodel import write_test_model
+
+    return write_test_model(tmp / "small", max_length=512, hidden=256, layers=4)
+
+
+def measure_capacity(url: str, bodies: list[bytes], count: int) -> Stats:
+    """8 clients through `count` requests (the first 50 bodies in turn), back to back."""
+    decoded = [orjson.loads(b) for b in bodies[:50]]
+    requests = [Request(d["query"], d["documents"]) for d in decoded]
+    work = [requests[i % len(requests)] for i in range(count)]
+    return asyncio.run(fixed_work(url, "/v1/rerank", work, concurrency=8, retry=True))
 
 
 def run(model: str, factor: float, seconds: float, capacity_s: float, after_s: float) -> None:
     bodies = make_bodies(400, seed=5)
-    cap_requests = [Request(orjson.loads(b)["query"], orjson.loads(b)["documents"])
-                    for b in bodies[:50]]
     with ours(model, "--device", "cpu") as server:
         asyncio.run(sequential(server.url, bodies, count=10))  # warm-up
         count = max(8, round(capacity_s * 8))
-        cap = asyncio.run(fixed_work(server.url, "/v1/rerank",
-                                     [cap_requests[i % len(cap_requests)] for i in range(count)],
-                                     concurrency=8, retry=True))
+        cap = measure_capacity(server.url, bodies, count)
         capacity = cap.summary()["requests_per_s"]
         alone = [lat for _, lat in asyncio.run(sequential(server.url, bodies, count=20))]
         normal = pct(alone, 0.99)

@@ -17,12 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import orjson
-
-from bench.burst import make_bodies, sequential
-from bench.loadgen import fixed_work
+from bench.burst import make_bodies, measure_capacity, sequential, small_model
 from bench.servers import ours
-from bench.workload import Request
 
 BUSY_LOOP = """
 import time
@@ -35,15 +31,15 @@ while True:
 PERIOD_S = 0.01
 
 
-def capacity(url: str, requests: list[Request], share: float) -> float:
-    """Requests/s answered by 8 clients over `requests`, with a competitor using `share` of
-    one core (none at 0)."""
+def capacity(url: str, bodies: list[bytes], count: int, share: float) -> float:
+    """`bench.burst`'s capacity (requests/s), with a competitor using `share` of one core
+    (none at 0)."""
     competitor = None
     if share > 0:
         code = BUSY_LOOP.format(busy=share * PERIOD_S, idle=(1 - share) * PERIOD_S)
         competitor = subprocess.Popen([sys.executable, "-c", code])
     try:
-        stats = asyncio.run(fixed_work(url, "/v1/rerank", requests, concurrency=8, retry=True))
+        stats = measure_capacity(url, bodies, count)
     finally:
         if competitor is not None:
             competitor.kill()
@@ -62,21 +58,13 @@ def main() -> None:
                         help="default: bench.burst's model, generated in a temporary directory")
     args = parser.parse_args()
     bodies = make_bodies(400, seed=5)
-    decoded = [orjson.loads(b) for b in bodies[:50]]
-    requests = [Request(d["query"], d["documents"]) for d in decoded]
-    work = [requests[i % len(requests)] for i in range(args.requests)]
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model_dir
-        if model is None:
-            from app.testmodel import write_test_model
-
-            model = write_test_model(Path(tmp) / "small", max_length=512, hidden=256,
-                                     layers=4)
+        model = args.model_dir or small_model(Path(tmp))
         with ours(str(model), "--device", "cpu") as server:
             asyncio.run(sequential(server.url, bodies, count=10))  # warm-up
             alone = []
             for share in args.shares:
-                rate = capacity(server.url, work, share)
+                rate = capacity(server.url, bodies, args.requests, share)
                 if share == 0:
                     alone.append(rate)
                 versus = f" = {rate / alone[-1]:.2f}x alone" if share > 0 and alone else ""

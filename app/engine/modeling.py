@@ -138,12 +138,6 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return out
 
 
-def fuse_linears(model: nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, Linear):
-            module.fused = True
-
-
 class Layer(nn.Module):
     """Post-LayerNorm transformer block with a fused QKV projection."""
 

@@ -21,7 +21,6 @@ from app.engine.modeling import (
     Linear,
     PackedBatch,
     attention,
-    fuse_linears,
 )
 
 log = logging.getLogger(__name__)
@@ -95,7 +94,7 @@ def checked_attention(
     return "sdpa-padded"
 
 
-def fused_linears(model: nn.Module, device: str, dtype: torch.dtype) -> bool:
+def fused_linears(model: nn.Module, device: str, dtype: torch.dtype) -> None:
     """Run the model's linears as oneDNN inner products with the bias fused in (see
     modeling.Linear) when on CPU that gives exactly what `F.linear` gives, on random inputs
     of its own shapes: in bf16 both are oneDNN's product underneath. Not in float32, where
@@ -103,17 +102,17 @@ def fused_linears(model: nn.Module, device: str, dtype: torch.dtype) -> bool:
     by up to 0.03 here."""
     linears = [m for m in model.modules() if isinstance(m, Linear)]
     if device.startswith("cuda") or dtype != torch.bfloat16 or not linears:
-        return False
+        return
     try:
         with torch.inference_mode():
             _check_fused(linears, dtype)
     except Exception as exc:  # an op missing from this build, or another result
         log.warning("linears: the fused oneDNN form is not usable here (%s); using F.linear",
                     exc)
-        return False
-    fuse_linears(model)
+        return
+    for m in linears:
+        m.fused = True
     log.info("linears: oneDNN with the bias fused (self-check: equal to F.linear)")
-    return True
 
 
 def _check_fused(linears: list[Linear], dtype: torch.dtype) -> None:
